@@ -1,0 +1,67 @@
+"""Shared pieces of jaxpose configs: argument parsing and presets, called, never inherited."""
+
+import ml_collections
+
+
+def _parse_value(key: str, text: str, default):
+  if isinstance(default, bool):
+    if text in ("True", "true", "1", ""):
+      return True
+    if text in ("False", "false", "0"):
+      return False
+    raise ValueError(f"config argument {key}={text!r}: expected a boolean (true/false)")
+  try:
+    return type(default)(text)
+  except ValueError as e:
+    raise ValueError(
+        f"config argument {key}={text!r}: expected {type(default).__name__}") from e
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses `k=v,flag` (the text after `:` in `--config file.py:ARGS`) against typed defaults.
+
+  A bare name means True. An unknown key raises, listing the known ones, so a typo
+  in a variant name never silently runs the default.
+  """
+  parsed = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+    parsed[key] = _parse_value(key, text.strip(), defaults[key])
+  return ml_collections.ConfigDict(parsed)
+
+
+def placeholder(kind):
+  """A field that may stay unset (None) but only accepts `kind` when set."""
+  return ml_collections.config_dict.placeholder(kind)
+
+
+def topdown_augmentation(**overrides) -> ml_collections.ConfigDict:
+  """HRNet/SimpleBaseline top-down augmentation (their COCO yaml values)."""
+  aug = dict(
+      flip=True,
+      scale_factor=0.35,  # scale ~ clip(N(1, 0.35), 0.65, 1.35)
+      rotation_factor=40.0,  # degrees ~ clip(N(0, 40), -80, 80), applied with rotation_prob
+      rotation_prob=0.6,
+      half_body_prob=0.3,
+      half_body_min_joints=8,
+      box_padding=1.25,
+  )
+  aug.update(overrides)
+  return ml_collections.ConfigDict(aug)
+
+
+def adam_step_schedule(base_lr: float, base_batch_size: int, decay_factor: float = 0.1):
+  """Adam with a step schedule, the SimpleBaseline/HRNet recipe; the decay
+  boundaries (`decay_steps` or `decay_epochs`) are set by the config."""
+  return ml_collections.ConfigDict(dict(
+      name="adam",
+      base_lr=base_lr,
+      base_batch_size=base_batch_size,
+      decay_factor=decay_factor,
+      decay_steps=placeholder(tuple),
+      decay_epochs=placeholder(tuple),
+      warmup_steps=0,
+  ))

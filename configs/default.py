@@ -1,0 +1,77 @@
+"""The no-argument run: SimpleBaseline-R18 at 128x96 on jaxpose's synthetic COCO-format data.
+
+Paper: Xiao et al., "Simple Baselines for Human Pose Estimation and Tracking"
+(arXiv:1804.06208), here at a size that trains on a 2-core CPU in minutes.
+
+  python -m jaxpose.launch                                  # this config, workdir runs/default
+  python -m jaxpose.launch --config configs/default.py:smoke --workdir /tmp/smoke
+
+Expected (2-core CPU, see BUILD_NOTES.md): AP >= 0.5 on the synthetic val split
+after about 8 minutes of training, evaluation included.
+
+Variants (`--config configs/default.py:ARGS`):
+  smoke      tiny model, 64x48 input, a few steps: a test and CI run, not a result.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common.parse_arg(arg, smoke=False)
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = dict(name="simplebaseline_r18", dtype="float32", options=dict())
+  if arg.smoke:
+    c.model.options = dict(base_width=8, num_deconv_filters=(16, 16, 16))
+
+  c.data = dict(
+      source="synthetic",
+      keypoints="coco",
+      root="",  # source="coco": the folder holding annotations/ and the image folders
+      train_split="train",
+      val_split="val",
+      synthetic=dict(
+          num_train_images=64 if arg.smoke else 2000,
+          num_val_images=8 if arg.smoke else 200,
+          image_size=256,
+          seed=0,
+          cache_dir="~/.cache/jaxpose",
+      ),
+  )
+
+  c.input = dict(
+      size_hw=(64, 48) if arg.smoke else (128, 96),
+      heatmap_sigma=1.0 if arg.smoke else 1.5,
+      batch_size=8 if arg.smoke else 32,
+      num_workers=0,  # grain worker processes; 0 = read in threads of this process
+      read_threads=2,
+      prefetch_batches=2,
+  )
+  c.augment = common.topdown_augmentation()
+
+  c.optim = common.adam_step_schedule(base_lr=1e-3, base_batch_size=32)
+  c.train = dict(
+      total_steps=common.placeholder(int),
+      total_epochs=common.placeholder(float),
+      log_every_steps=1 if arg.smoke else 20,
+      checkpoint_every_steps=5 if arg.smoke else 200,
+      keep_checkpoints=2,
+  )
+  if arg.smoke:
+    c.train.total_steps = 6
+    c.optim.decay_steps = (4,)
+  else:
+    c.train.total_steps = 600
+    c.optim.decay_steps = (450, 550)
+
+  c.eval = dict(
+      batch_size=16 if arg.smoke else 64,
+      flip_test=True,
+      keypoint_score_threshold=0.2,  # HRNet in_vis_thre for rescoring
+      oks_nms_threshold=0.9,
+      num_visualize=4,
+  )
+  return c
