@@ -1,0 +1,164 @@
+"""Top-down transforms for grain, one job each, in the order HRNet's `JointsDataset` applies them.
+
+Every transform is a frozen dataclass: a `grain.transforms.Map` (deterministic) or
+`RandomMap` (randomness only from the `rng` grain hands it, derived from the seed and the
+record index, so augmentation does not depend on worker count or order).
+
+Record keys (produced by `CocoPersonBoxes`): `image_path`, `image_id`, `annotation_id`,
+`box_xywh` [4], `keypoints` [K, 3] (x, y, v; image pixels), `area`. Coordinates are x before
+y, in pixels; `scale_wh` is the (width, height) in source pixels of the region cropped to
+the network input (HRNet's `scale * 200`).
+"""
+
+import dataclasses
+
+import cv2
+import grain
+import numpy as np
+
+from jaxpose import geometry
+from jaxpose.codecs import heatmap as heatmap_codec
+from jaxpose.errors import DatasetError
+
+# HRNet's half-body coin is `np.random.randn() < 0.5`, i.e. upper body with p = Phi(0.5).
+_UPPER_BODY_PROBABILITY = 0.6914624612740131
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeImage(grain.transforms.Map):
+  """Reads `image_path` into `image`: uint8 [H, W, 3] RGB."""
+
+  def map(self, record: dict) -> dict:
+    path = record["image_path"]
+    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+      raise DatasetError(f"{path}: cannot read image (missing, truncated or not an image)")
+    return {**record, "image": cv2.cvtColor(image, cv2.COLOR_BGR2RGB)}
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxToCenterScale(grain.transforms.Map):
+  """Reads `box_xywh`; adds `center_xy`, `scale_wh` (box at the input aspect ratio, padded)."""
+  input_wh: tuple[int, int]
+  padding: float = 1.25
+
+  def map(self, record: dict) -> dict:
+    aspect_ratio = self.input_wh[0] / self.input_wh[1]
+    center, scale = geometry.box_to_center_scale(record["box_xywh"], aspect_ratio, self.padding)
+    return {**record, "center_xy": np.asarray(center, np.float32),
+            "scale_wh": np.asarray(scale, np.float32), "rotation_deg": np.float32(0.0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomHalfBody(grain.transforms.RandomMap):
+  """With `probability`, re-centres on the upper or the lower body (HRNet `half_body_transform`).
+
+  Reads `keypoints`, `center_xy`, `scale_wh`; may rewrite `center_xy`, `scale_wh`. Applies only
+  when more than `min_joints` keypoints are labelled, as the official code.
+  """
+  upper_body_ids: tuple[int, ...]
+  input_wh: tuple[int, int]
+  probability: float = 0.3
+  min_joints: int = 8
+
+  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+    labelled = record["keypoints"][:, 2] > 0
+    if labelled.sum() <= self.min_joints or rng.random() >= self.probability:
+      return record
+    is_upper = np.zeros(len(labelled), bool)
+    is_upper[list(self.upper_body_ids)] = True
+    upper = record["keypoints"][labelled & is_upper, :2]
+    lower = record["keypoints"][labelled & ~is_upper, :2]
+    if rng.random() < _UPPER_BODY_PROBABILITY and len(upper) > 2:
+      selected = upper
+    else:
+      selected = lower if len(lower) > 2 else upper
+    if len(selected) < 2:
+      return record
+    center = selected.mean(axis=0)
+    width, height = selected.max(axis=0) - selected.min(axis=0)
+    aspect_ratio = self.input_wh[0] / self.input_wh[1]
+    if width > aspect_ratio * height:
+      height = width / aspect_ratio
+    elif width < aspect_ratio * height:
+      width = height * aspect_ratio
+    scale = np.array([width, height], np.float32) * 1.5
+    return {**record, "center_xy": center.astype(np.float32), "scale_wh": scale}
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomScaleRotate(grain.transforms.RandomMap):
+  """Scales `scale_wh` by clip(N(1, s), 1-s, 1+s); sets `rotation_deg` to clip(N(0, r), -2r, 2r)
+  with probability `rotation_prob` (HRNet's train branch)."""
+  scale_factor: float = 0.35
+  rotation_factor: float = 40.0
+  rotation_prob: float = 0.6
+
+  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+    s, r = self.scale_factor, self.rotation_factor
+    scale = np.clip(rng.standard_normal() * s + 1, 1 - s, 1 + s)
+    rotation = np.clip(rng.standard_normal() * r, -2 * r, 2 * r)
+    if rng.random() > self.rotation_prob:
+      rotation = 0.0
+    return {**record, "scale_wh": (record["scale_wh"] * scale).astype(np.float32),
+            "rotation_deg": np.float32(rotation)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomFlip(grain.transforms.RandomMap):
+  """Mirrors `image`, `keypoints` (swapping left/right by `flip_index`) and `center_xy`
+  with probability 0.5, using HRNet's pixel convention x -> width - 1 - x."""
+  flip_index: tuple[int, ...]
+  probability: float = 0.5
+
+  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+    if rng.random() >= self.probability:
+      return record
+    image = record["image"][:, ::-1]
+    width = image.shape[1]
+    keypoints = record["keypoints"][list(self.flip_index)].copy()
+    keypoints[:, 0] = np.where(keypoints[:, 2] > 0, width - 1 - keypoints[:, 0], keypoints[:, 0])
+    center = record["center_xy"].copy()
+    center[0] = width - 1 - center[0]
+    return {**record, "image": np.ascontiguousarray(image), "keypoints": keypoints,
+            "center_xy": center}
+
+
+@dataclasses.dataclass(frozen=True)
+class AffineCrop(grain.transforms.Map):
+  """Warps `image` to the [H, W] network input around `center_xy`/`scale_wh`/`rotation_deg`
+  (cv2.warpAffine, bilinear) and maps labelled `keypoints` into input pixels."""
+  input_wh: tuple[int, int]
+
+  def map(self, record: dict) -> dict:
+    matrix = geometry.get_affine_transform(
+        record["center_xy"], record["scale_wh"], float(record["rotation_deg"]), self.input_wh)
+    image = geometry.warp_image(record["image"], matrix, self.input_wh)
+    keypoints = record["keypoints"].copy()
+    labelled = keypoints[:, 2] > 0
+    keypoints[labelled, :2] = geometry.affine_transform_points(keypoints[labelled, :2], matrix)
+    return {**record, "image": image, "keypoints": keypoints}
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeHeatmaps(grain.transforms.Map):
+  """Adds `heatmaps` [h, w, K] and `target_weight` [K] from input-space `keypoints`
+  (the MSRA Gaussian codec, HRNet `generate_target`)."""
+  input_wh: tuple[int, int]
+  heatmap_wh: tuple[int, int]
+  sigma: float
+
+  def map(self, record: dict) -> dict:
+    heatmaps, target_weight = heatmap_codec.encode(
+        record["keypoints"][:, :2], record["keypoints"][:, 2], self.input_wh, self.heatmap_wh,
+        self.sigma)
+    return {**record, "heatmaps": heatmaps, "target_weight": target_weight}
+
+
+@dataclasses.dataclass(frozen=True)
+class KeepKeys(grain.transforms.Map):
+  """Drops every key but `keys`, so batches hold only arrays the consumer needs."""
+  keys: tuple[str, ...]
+
+  def map(self, record: dict) -> dict:
+    return {k: np.asarray(record[k]) for k in self.keys}

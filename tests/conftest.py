@@ -1,0 +1,39 @@
+"""Shared test helpers: every test runs on CPU, seeded, on tiny inputs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = f"{REPO}/configs/default.py:smoke"
+
+
+def launch(workdir: Path, *overrides: str, devices: int = 1, cache_dir: Path, mode: str = "train",
+           check: bool = True, popen: bool = False):
+  """Runs `python -m jaxpose.launch` on the smoke config in a fresh process."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  command = [sys.executable, "-m", "jaxpose.launch", "--config", SMOKE, "--workdir", str(workdir),
+             "--mode", mode, f"--config.data.synthetic.cache_dir={cache_dir}", *overrides]
+  if popen:
+    return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+  result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+  if check and result.returncode != 0:
+    raise AssertionError(f"launch failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+  return result
+
+
+def read_metrics(workdir: Path) -> list[dict]:
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory) -> Path:
+  """One synthetic-data cache shared by every launch in the session."""
+  return tmp_path_factory.mktemp("synthetic_cache")
