@@ -92,8 +92,8 @@ def test_train_pipeline_shapes_and_determinism_across_thread_counts(tmp_path):
     iterator = iter(pipeline.train_dataset(_smoke_config(threads), source, local_batch_size=2))
     batches.append([next(iterator) for _ in range(3)])
   first = batches[0][0]
-  assert first["image"].shape == (2, 64, 48, 3) and first["image"].dtype == np.uint8
-  assert first["heatmaps"].shape == (2, 16, 12, SPEC.num_keypoints)
+  assert first["image"].shape == (2, 64, 64, 3) and first["image"].dtype == np.uint8
+  assert first["heatmaps"].shape == (2, 16, 16, SPEC.num_keypoints)
   assert first["target_weight"].shape == (2, SPEC.num_keypoints)
   for a, b in zip(*batches):
     for key in a:

@@ -1,0 +1,87 @@
+"""`python -m jaxpose.launch`: train and/or evaluate a config in a workdir.
+
+  python -m jaxpose.launch                                          # configs/default.py
+  python -m jaxpose.launch --config configs/default.py:smoke --workdir /tmp/smoke
+  python -m jaxpose.launch --config configs/default.py --config.optim.base_lr=2e-3
+  python -m jaxpose.launch --workdir runs/default --mode eval
+
+Re-running the same command resumes from the workdir's latest checkpoint.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import configs
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", configs.DEFAULT_CONFIG_FILE,
+    "Config file with get_config(arg); `file.py:ARGS` selects a variant, "
+    "`--config.KEY=VALUE` overrides one field.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory for checkpoints, metrics.jsonl, results and the resolved "
+    "config (default: runs/<config name>[-<args>]).")
+_MODE = flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
+                          "What to run.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-process runs "
+    "(jax.distributed); with --num_processes and --process_id.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+
+
+def _fail(message: str) -> None:
+  print(f"jaxpose: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, but a bad config key or value is one line that names it, not a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    text = e.args[0] if e.args else str(e)
+    _fail(f"config: {str(text).strip(chr(39))}")
+
+
+def _default_workdir(config_arg: str) -> str:
+  path, _, args = config_arg.partition(":")
+  name = Path(path).stem + (f"-{args.replace(',', '-').replace('=', '')}" if args else "")
+  return os.path.join("runs", name)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    _fail(f"unexpected arguments {argv[1:]}; see --help")
+  if not flags.FLAGS["verbosity"].present:
+    # Progress lines are printed; library INFO chatter (orbax, pycocotools) stays hidden.
+    logging.set_verbosity(logging.WARNING)
+  if _COORDINATOR.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxpose import train  # pylint: disable=g-import-not-at-top
+  from jaxpose.errors import TrainingDiverged, UserError  # pylint: disable=g-import-not-at-top
+
+  config_arg = flags.FLAGS["config"].config_filename
+  workdir = _WORKDIR.value or _default_workdir(config_arg)
+  logging.info("process %d/%d, %d local / %d global devices: %s", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
+  try:
+    train.run(_CONFIG.value, workdir, _MODE.value)
+  except (UserError, TrainingDiverged) as e:
+    _fail(str(e))
+
+
+def cli() -> None:
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  cli()
