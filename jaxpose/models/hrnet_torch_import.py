@@ -12,15 +12,12 @@ Tensors: conv `weight` [O, I, kh, kw] -> `kernel` [kh, kw, I, O]; BN `weight`, `
 `num_batches_tracked` is dropped: flax BatchNorm uses a fixed momentum and never reads it.
 """
 
-import functools
 import re
 from typing import Any, Mapping
 
-import flax
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from jaxpose import weights
 from jaxpose.models import hrnet
 
 # Flax path component -> torch key fragment, first full match wins. See the table in the
@@ -37,29 +34,13 @@ _COMPONENT_RULES = (
     (re.compile(r"bn"), "1"),
     (re.compile(r"backbone"), ""),  # pose_hrnet keeps backbone layers at the top level
 )
-_LEAF_NAMES = {
-    ("params", "kernel"): "weight",
-    ("params", "scale"): "weight",
-    ("params", "bias"): "bias",
-    ("batch_stats", "mean"): "running_mean",
-    ("batch_stats", "var"): "running_var",
-}
 _STAGE_KEY = re.compile(r"stage(\d+)\.(\d+)\.branches\.0\.(\d+)\.")
 
 
 def torch_key(collection: str, path: tuple[str, ...]) -> str:
   """Official torch key of one flax variable, e.g. ("backbone", "layer1_block0",
   "downsample", "conv", "kernel") in "params" -> "layer1.0.downsample.0.weight"."""
-  parts = []
-  for component in path[:-1]:
-    for pattern, replacement in _COMPONENT_RULES:
-      if pattern.fullmatch(component):
-        component = pattern.sub(replacement, component)
-        break
-    if component:
-      parts.append(component)
-  parts.append(_LEAF_NAMES[collection, path[-1]])
-  return ".".join(parts)
+  return weights.rewrite_path(_COMPONENT_RULES, collection, path)
 
 
 def infer_model(state_dict: Mapping[str, Any]) -> hrnet.HRNet:
@@ -84,16 +65,9 @@ def infer_model(state_dict: Mapping[str, Any]) -> hrnet.HRNet:
                      stages=stages)
 
 
-def _torch_shape(leaf_name: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
-  if leaf_name == "kernel":
-    return tuple(flax_shape[i] for i in (3, 2, 0, 1))
-  return tuple(flax_shape)
-
-
-def _to_flax(leaf_name: str, tensor: np.ndarray) -> np.ndarray:
-  if leaf_name == "kernel":
-    return np.transpose(tensor, (2, 3, 1, 0))
-  return tensor
+def kernel_axes(path: tuple[str, ...]):
+  """Every HRNet kernel is a Conv2d weight."""
+  return weights.CONV_AXES if path[-1] == "kernel" else None
 
 
 def hrnet_from_torch(state_dict: Mapping[str, Any],
@@ -106,37 +80,4 @@ def hrnet_from_torch(state_dict: Mapping[str, Any],
     whose stage-4 fuses into every branch (HigherHRNet/DEKR); head keys are then extra.
   Raises ValueError listing every missing, extra and mis-shaped torch key.
   """
-  if model is None:
-    model = infer_model(state_dict)
-  # Parameter shapes do not depend on the input size; 32x32 is the smallest valid input.
-  init = functools.partial(model.init, train=False)
-  expected = jax.eval_shape(init, jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32))
-
-  used, missing, misshaped = set(), [], []
-  variables = {}
-  for collection in ("params", "batch_stats"):
-    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(expected[collection]))
-    converted = {}
-    for path, spec in flat.items():
-      key = torch_key(collection, path)
-      if key not in state_dict:
-        missing.append(key)
-        continue
-      used.add(key)
-      tensor = np.asarray(state_dict[key], dtype=np.float32)
-      expected_shape = _torch_shape(path[-1], spec.shape)
-      if tensor.shape != expected_shape:
-        misshaped.append(f"{key}: got {tensor.shape}, expected {expected_shape}")
-        continue
-      converted[path] = _to_flax(path[-1], tensor)
-    variables[collection] = flax.traverse_util.unflatten_dict(converted)
-
-  extra = sorted(key for key in state_dict
-                 if key not in used and not key.endswith("num_batches_tracked"))
-  if missing or extra or misshaped:
-    lines = [f"state_dict does not match {type(model).__name__}(width={model.width}, ...):"]
-    for title, keys in (("missing", missing), ("extra", extra), ("mis-shaped", misshaped)):
-      if keys:
-        lines.append(f"  {len(keys)} {title}: " + "; ".join(sorted(keys)))
-    raise ValueError("\n".join(lines))
-  return variables
+  return weights.convert(state_dict, model or infer_model(state_dict), torch_key, kernel_axes)

@@ -13,15 +13,12 @@ Tensors: Conv2d `weight` [O, I, kh, kw] -> `kernel` [kh, kw, I, O]; ConvTranspos
 is dropped: flax BatchNorm uses a fixed momentum and never reads it.
 """
 
-import functools
 import re
 from typing import Any, Mapping
 
-import flax
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from jaxpose import weights
 from jaxpose.models import resnet
 from jaxpose.models import simple_baseline
 
@@ -35,13 +32,6 @@ _COMPONENT_RULES = (
     (re.compile(r"deconv(\d+)"), lambda m: f"deconv_layers.{3 * int(m[1])}"),
     (re.compile(r"deconv(\d+)_bn"), lambda m: f"deconv_layers.{3 * int(m[1]) + 1}"),
 )
-_LEAF_NAMES = {
-    ("params", "kernel"): "weight",
-    ("params", "scale"): "weight",
-    ("params", "bias"): "bias",
-    ("batch_stats", "mean"): "running_mean",
-    ("batch_stats", "var"): "running_var",
-}
 _DECONV = re.compile(r"deconv\d+")
 _BLOCK_KEY = re.compile(r"layer(\d)\.(\d+)\.")
 _DECONV_KEY = re.compile(r"deconv_layers\.(\d+)\.weight")
@@ -50,16 +40,7 @@ _DECONV_KEY = re.compile(r"deconv_layers\.(\d+)\.weight")
 def torch_key(collection: str, path: tuple[str, ...]) -> str:
   """Official torch key of one flax variable, e.g. ("backbone", "layer1_0",
   "downsample_conv", "kernel") in "params" -> "layer1.0.downsample.0.weight"."""
-  parts = []
-  for component in path[:-1]:
-    for pattern, replacement in _COMPONENT_RULES:
-      if pattern.fullmatch(component):
-        component = pattern.sub(replacement, component)
-        break
-    if component:
-      parts.append(component)
-  parts.append(_LEAF_NAMES[collection, path[-1]])
-  return ".".join(parts)
+  return weights.rewrite_path(_COMPONENT_RULES, collection, path)
 
 
 def infer_model(state_dict: Mapping[str, Any]) -> simple_baseline.SimpleBaseline:
@@ -99,7 +80,7 @@ def _kernel_axes(path: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[int, ...
     return None
   if any(_DECONV.fullmatch(component) for component in path[:-1]):
     return (2, 3, 0, 1), (2, 3, 0, 1)  # ConvTranspose2d [I, O, kh, kw] <-> [kh, kw, I, O]
-  return (2, 3, 1, 0), (3, 2, 0, 1)  # Conv2d [O, I, kh, kw] <-> [kh, kw, I, O]
+  return weights.CONV_AXES
 
 
 def simple_baseline_from_torch(
@@ -114,38 +95,4 @@ def simple_baseline_from_torch(
     result under "backbone" of a SimpleBaseline's variables.
   Raises ValueError listing every missing, extra and mis-shaped torch key.
   """
-  if model is None:
-    model = infer_model(state_dict)
-  # Parameter shapes do not depend on the input size; 32x32 is the smallest valid input.
-  init = functools.partial(model.init, train=False)
-  expected = jax.eval_shape(init, jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32))
-
-  used, missing, misshaped = set(), [], []
-  variables = {}
-  for collection in ("params", "batch_stats"):
-    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(expected[collection]))
-    converted = {}
-    for path, spec in flat.items():
-      key = torch_key(collection, path)
-      if key not in state_dict:
-        missing.append(key)
-        continue
-      used.add(key)
-      tensor = np.asarray(state_dict[key], dtype=np.float32)
-      axes = _kernel_axes(path)
-      expected_shape = tuple(spec.shape[i] for i in axes[1]) if axes else tuple(spec.shape)
-      if tensor.shape != expected_shape:
-        misshaped.append(f"{key}: got {tensor.shape}, expected {expected_shape}")
-        continue
-      converted[path] = np.transpose(tensor, axes[0]) if axes else tensor
-    variables[collection] = flax.traverse_util.unflatten_dict(converted)
-
-  extra = sorted(key for key in state_dict
-                 if key not in used and not key.endswith("num_batches_tracked"))
-  if missing or extra or misshaped:
-    lines = [f"state_dict does not match {model!r}:".replace("\n", " ")]
-    for title, keys in (("missing", missing), ("extra", extra), ("mis-shaped", misshaped)):
-      if keys:
-        lines.append(f"  {len(keys)} {title}: " + "; ".join(sorted(keys)))
-    raise ValueError("\n".join(lines))
-  return variables
+  return weights.convert(state_dict, model or infer_model(state_dict), torch_key, _kernel_axes)
