@@ -98,3 +98,18 @@ def test_train_pipeline_shapes_and_determinism_across_thread_counts(tmp_path):
   for a, b in zip(*batches):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_worker_processes_give_the_same_batches_as_threads(tmp_path):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags; jaxpose.launch parses them
+  source = coco.CocoPersonBoxes(write_coco(tmp_path), tmp_path / "val", SPEC)
+  streams = []
+  for workers in (0, 2):
+    config = _smoke_config(read_threads=1)
+    config.input.num_workers = workers
+    iterator = iter(pipeline.train_dataset(config, source, local_batch_size=2))
+    streams.append([next(iterator) for _ in range(3)])
+  for a, b in zip(*streams):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
