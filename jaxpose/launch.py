@@ -8,6 +8,7 @@
 Re-running the same command resumes from the workdir's latest checkpoint.
 """
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -17,10 +18,6 @@ from ml_collections import config_flags
 
 import configs
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", configs.DEFAULT_CONFIG_FILE,
-    "Config file with get_config(arg); `file.py:ARGS` selects a variant, "
-    "`--config.KEY=VALUE` overrides one field.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory for checkpoints, metrics.jsonl, results and the resolved "
     "config (default: runs/<config name>[-<args>]).")
@@ -38,15 +35,42 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
+def _fail_on_config_error(error: Exception) -> None:
+  # ml_collections hands over the repr of a KeyError with its "Did you mean" hint.
+  text = str(error.args[0] if error.args else error)
+  text = text.strip("'").replace("\\n", ". ").replace("\\'", "'")
+  _fail(f"config: no field {text}")
+
+
+def _one_line(message: str) -> str:
+  """A flag error whose message embeds a traceback (a config file that raised): its first
+  line (which flag) and last line (the exception), without the frames between."""
+  lines = [line for line in message.splitlines() if line.strip()]
+  if len(lines) <= 1:
+    return message
+  return f"{lines[0].split(': Error whilst')[0]}: {lines[-1].strip()}"
+
+
+def _define_config_flag():
+  """`--config`; defined at start-up, not import, because ml_collections already loads the
+  default file and applies `--config.KEY` overrides when the flag is defined."""
+  try:
+    return config_flags.DEFINE_config_file(
+        "config", configs.DEFAULT_CONFIG_FILE,
+        "Config file with get_config(arg); `file.py:ARGS` selects a variant, "
+        "`--config.KEY=VALUE` overrides one field.", lock_config=True)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    _fail_on_config_error(e)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, but a bad config key or value is one line that names it, not a traceback."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(str(e))
+    _fail(_one_line(str(e)))
   except (AttributeError, KeyError, TypeError, ValueError) as e:
-    text = e.args[0] if e.args else str(e)
-    _fail(f"config: {str(text).strip(chr(39))}")
+    _fail_on_config_error(e)
 
 
 def _default_workdir(config_arg: str) -> str:
@@ -55,17 +79,16 @@ def _default_workdir(config_arg: str) -> str:
   return os.path.join("runs", name)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], config_flag) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}; see --help")
   if not flags.FLAGS["verbosity"].present:
     # Progress lines are printed; library INFO chatter (orbax, pycocotools) stays hidden.
     logging.set_verbosity(logging.WARNING)
-  if _COORDINATOR.value:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-
+  # Imported after flag parsing, so `--help` and flag errors stay fast.
   import jax  # pylint: disable=g-import-not-at-top
+  if _COORDINATOR.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from jaxpose import train  # pylint: disable=g-import-not-at-top
   from jaxpose.errors import TrainingDiverged, UserError  # pylint: disable=g-import-not-at-top
 
@@ -74,13 +97,14 @@ def main(argv: list[str]) -> None:
   logging.info("process %d/%d, %d local / %d global devices: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
   try:
-    train.run(_CONFIG.value, workdir, _MODE.value)
+    train.run(config_flag.value, workdir, _MODE.value)
   except (UserError, TrainingDiverged) as e:
     _fail(str(e))
 
 
 def cli() -> None:
-  app.run(main, flags_parser=_parse_flags)
+  config_flag = _define_config_flag()
+  app.run(functools.partial(main, config_flag=config_flag), flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

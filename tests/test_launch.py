@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import launch, read_metrics
+from conftest import SMOKE, launch, read_metrics
 
 _METRIC_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR")
 
@@ -118,6 +118,7 @@ def test_resume_after_sigkill_is_exact(tmp_path, synthetic_cache):
 @pytest.mark.parametrize("override, culprit", [
     ("--config.train.total_stps=3", "total_stps"),
     ("--config.train.total_steps=abc", "total_steps"),
+    (f"--config={SMOKE[:-len(':smoke')]}:smok", "unknown config argument 'smok'"),
 ])
 def test_bad_config_key_is_one_line(tmp_path, synthetic_cache, override, culprit):
   result = launch(tmp_path, override, cache_dir=synthetic_cache, check=False)
