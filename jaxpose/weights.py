@@ -54,6 +54,14 @@ def rewrite_path(rules: Rules, collection: str, path: tuple[str, ...]) -> str:
   return ".".join(parts)
 
 
+def require_keys(state_dict: Mapping[str, Any], needed: tuple[str, ...], family: str) -> None:
+  """Raises ValueError naming the keys `infer_model` of `family` needs but cannot find."""
+  absent = [key for key in needed if key not in state_dict]
+  if absent:
+    raise ValueError(f"cannot infer the {family} layout: state_dict lacks {absent}; pass "
+                     "`model=` explicitly")
+
+
 def convert(state_dict: Mapping[str, Any], model: nn.Module,
             torch_key: Callable[[str, tuple[str, ...]], str],
             kernel_axes: Callable[[tuple[str, ...]], tuple[tuple[int, ...], tuple[int, ...]] | None],

@@ -45,11 +45,7 @@ def torch_key(collection: str, path: tuple[str, ...]) -> str:
 
 def infer_model(state_dict: Mapping[str, Any]) -> hrnet.HRNet:
   """The `HRNet` a pose_hrnet state_dict was saved from: width, keypoints and stage spec."""
-  needed = ("transition1.0.0.weight", "final_layer.weight")
-  absent = [key for key in needed if key not in state_dict]
-  if absent:
-    raise ValueError(f"cannot infer the HRNet layout: state_dict lacks {absent}; pass "
-                     "`model=` explicitly")
+  weights.require_keys(state_dict, ("transition1.0.0.weight", "final_layer.weight"), "HRNet")
   modules, blocks = {}, {}
   for key in state_dict:
     match = _STAGE_KEY.match(key)

@@ -45,11 +45,7 @@ def torch_key(collection: str, path: tuple[str, ...]) -> str:
 
 def infer_model(state_dict: Mapping[str, Any]) -> simple_baseline.SimpleBaseline:
   """The `SimpleBaseline` a pose_resnet state_dict was saved from (depth, head, keypoints)."""
-  needed = ("conv1.weight", "final_layer.weight")
-  absent = [key for key in needed if key not in state_dict]
-  if absent:
-    raise ValueError(f"cannot infer the SimpleBaseline layout: state_dict lacks {absent}; "
-                     "pass `model=` explicitly")
+  weights.require_keys(state_dict, ("conv1.weight", "final_layer.weight"), "SimpleBaseline")
   blocks = [0, 0, 0, 0]
   for key in state_dict:
     match = _BLOCK_KEY.match(key)
