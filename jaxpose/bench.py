@@ -19,6 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import configs
+from jaxpose import host_memory
 from jaxpose import mesh as mesh_lib
 from jaxpose import optim
 from jaxpose import step as step_lib
@@ -140,6 +141,7 @@ _KINDS = {"step": bench_step, "infer": bench_infer, "data": bench_data}
 
 
 def main(argv: list[str]) -> None:
+  host_memory.keep_freed_memory_mapped()  # as `jaxpose.launch` does
   if len(argv) != 2 or argv[1] not in _KINDS:
     print(f"usage: python -m jaxpose.bench {{{','.join(_KINDS)}}} --config CONFIG "
           "[--batch N] [--steps N]", file=sys.stderr)

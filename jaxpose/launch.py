@@ -85,6 +85,9 @@ def main(argv: list[str], config_flag) -> None:
   if not flags.FLAGS["verbosity"].present:
     # Progress lines are printed; library INFO chatter (orbax, pycocotools) stays hidden.
     logging.set_verbosity(logging.WARNING)
+  # Before XLA's first allocation: reuse its per-step buffers instead of page-faulting them.
+  from jaxpose import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.keep_freed_memory_mapped()
   # Imported after flag parsing, so `--help` and flag errors stay fast.
   import jax  # pylint: disable=g-import-not-at-top
   if _COORDINATOR.value:
