@@ -39,6 +39,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxpose.models import layers
+
 # Official `init_weights`: every conv ~ N(0, 0.001^2), conv biases 0, BN scale 1 / bias 0
 # (the flax BatchNorm defaults).
 _conv_init = nn.initializers.normal(stddev=0.001)
@@ -61,22 +63,12 @@ class StageSpec(NamedTuple):
 OFFICIAL_STAGES = (StageSpec(1, 2, 4), StageSpec(4, 3, 4), StageSpec(3, 4, 4))
 
 
-def _conv(features: int, kernel_size: int, stride: int, dtype: Any, name: str) -> nn.Conv:
-  """Bias-free conv with PyTorch's symmetric `padding=kernel_size // 2`.
-
-  Flax "SAME" pads stride-2 convs on even inputs only at the end ((0, 1)), which shifts
-  every downsampled feature by half a pixel against the official weights.
-  """
-  pad = kernel_size // 2
-  return nn.Conv(features, (kernel_size, kernel_size), strides=stride,
-                 padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=_conv_init,
-                 dtype=dtype, param_dtype=jnp.float32, name=name)
-
-
-def _batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-  """torch `BatchNorm2d` defaults: running-average momentum 0.1 (flax 0.9), eps 1e-5."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      dtype=dtype, param_dtype=jnp.float32, name=name)
+def _conv(features: int, kernel_size: int, stride: int, dtype: Any, name: str) -> layers.Conv2d:
+  """Bias-free conv with PyTorch's symmetric `padding=kernel_size // 2` (`layers.conv2d`:
+  flax "SAME" would pad stride-2 convs on even inputs only at the end, and its weight
+  gradient takes XLA CPU's slow path)."""
+  return layers.conv2d(features, kernel_size, stride=stride, kernel_init=_conv_init,
+                       dtype=dtype, name=name)
 
 
 def _upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
@@ -98,7 +90,7 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     x = _conv(self.features, self.kernel_size, self.stride, self.dtype, name="conv")(x)
-    x = _batch_norm(train, self.dtype, name="bn")(x)
+    x = layers.batch_norm(train, self.dtype, name="bn")(x)
     return nn.relu(x) if self.relu else x
 
 
@@ -113,9 +105,9 @@ class BasicBlock(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     channels = x.shape[-1]
     y = _conv(channels, 3, 1, self.dtype, name="conv1")(x)
-    y = nn.relu(_batch_norm(train, self.dtype, name="bn1")(y))
+    y = nn.relu(layers.batch_norm(train, self.dtype, name="bn1")(y))
     y = _conv(channels, 3, 1, self.dtype, name="conv2")(y)
-    y = _batch_norm(train, self.dtype, name="bn2")(y)
+    y = layers.batch_norm(train, self.dtype, name="bn2")(y)
     return nn.relu(y + x)
 
 
@@ -131,11 +123,11 @@ class Bottleneck(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     out_channels = self.planes * _BOTTLENECK_EXPANSION
     y = _conv(self.planes, 1, 1, self.dtype, name="conv1")(x)
-    y = nn.relu(_batch_norm(train, self.dtype, name="bn1")(y))
+    y = nn.relu(layers.batch_norm(train, self.dtype, name="bn1")(y))
     y = _conv(self.planes, 3, 1, self.dtype, name="conv2")(y)
-    y = nn.relu(_batch_norm(train, self.dtype, name="bn2")(y))
+    y = nn.relu(layers.batch_norm(train, self.dtype, name="bn2")(y))
     y = _conv(out_channels, 1, 1, self.dtype, name="conv3")(y)
-    y = _batch_norm(train, self.dtype, name="bn3")(y)
+    y = layers.batch_norm(train, self.dtype, name="bn3")(y)
     if x.shape[-1] != out_channels:
       x = ConvBN(out_channels, 1, relu=False, dtype=self.dtype, name="downsample")(x, train=train)
     return nn.relu(y + x)
@@ -240,9 +232,9 @@ class HRNetBackbone(nn.Module):
                        f"{images.shape} (NHWC); e.g. 256x192, 384x288, 64x64, 96x64.")
     x = images.astype(self.dtype)
     x = _conv(_STEM_CHANNELS, 3, 2, self.dtype, name="conv1")(x)
-    x = nn.relu(_batch_norm(train, self.dtype, name="bn1")(x))
+    x = nn.relu(layers.batch_norm(train, self.dtype, name="bn1")(x))
     x = _conv(_STEM_CHANNELS, 3, 2, self.dtype, name="conv2")(x)
-    x = nn.relu(_batch_norm(train, self.dtype, name="bn2")(x))
+    x = nn.relu(layers.batch_norm(train, self.dtype, name="bn2")(x))
     for n in range(_LAYER1_BLOCKS):
       x = Bottleneck(_LAYER1_PLANES, dtype=self.dtype, name=f"layer1_block{n}")(x, train=train)
 
@@ -289,8 +281,8 @@ class HRNet(nn.Module):
   def __call__(self, images: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
     features = HRNetBackbone(self.width, self.stages, multi_scale_output=False, dtype=self.dtype,
                              name="backbone")(images, train=train)
-    heatmaps = nn.Conv(self.num_keypoints, (1, 1), kernel_init=_conv_init, dtype=self.dtype,
-                       param_dtype=jnp.float32, name="final_layer")(features[0])
+    heatmaps = layers.Conv2d(self.num_keypoints, 1, use_bias=True, kernel_init=_conv_init,
+                             dtype=self.dtype, name="final_layer")(features[0])
     return heatmaps.astype(jnp.float32), {"features": features[0]}
 
 
