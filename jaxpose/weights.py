@@ -65,14 +65,15 @@ def require_keys(state_dict: Mapping[str, Any], needed: tuple[str, ...], family:
 def convert(state_dict: Mapping[str, Any], model: nn.Module,
             torch_key: Callable[[str, tuple[str, ...]], str],
             kernel_axes: Callable[[tuple[str, ...]], tuple[tuple[int, ...], tuple[int, ...]] | None],
-            ) -> dict[str, Any]:
+            *, input_hw: tuple[int, int] = (32, 32)) -> dict[str, Any]:
   """{"params": ..., "batch_stats": ...} float32 numpy for `model` from a torch state_dict.
 
+  `input_hw` is any input size the model accepts (parameter shapes do not depend on it):
+  32x32 suits the stride-32 families, the hourglass needs 64x64.
   Raises ValueError listing every missing, extra and mis-shaped torch key.
   """
-  # Parameter shapes do not depend on the input size; 32x32 is the smallest valid input.
   init = functools.partial(model.init, train=False)
-  expected = jax.eval_shape(init, jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32))
+  expected = jax.eval_shape(init, jax.random.key(0), jnp.zeros((1, *input_hw, 3), jnp.float32))
   used, missing, misshaped = set(), [], []
   variables = {}
   for collection in ("params", "batch_stats"):
