@@ -39,12 +39,24 @@ def joints_mse_per_sample(heatmaps_pred: jax.Array, heatmaps_target: jax.Array,
                           target_weight: jax.Array) -> jax.Array:
   """SimpleBaseline's `JointsMSELoss` (use_target_weight=True), per sample.
 
-  heatmaps_*: [B, h, w, K]; target_weight: [B, K]. Returns [B]: 0.5 * mean over joints and
-  pixels of (w_k * (pred - target))^2, whose batch mean is the official loss.
+  heatmaps_pred: [B, h, w, K], or [B, S, h, w, K] for S stacks with intermediate
+  supervision (stacked hourglass: every stack is compared with the same target, and the
+  stacks are averaged, as the official `PoseNet.calc_loss` followed by `torch.mean`);
+  heatmaps_target: [B, h, w, K]; target_weight: [B, K]. Returns [B]: 0.5 * mean over
+  (stacks,) joints and pixels of (w_k * (pred - target))^2, whose batch mean is the
+  official loss.
   """
-  weight = target_weight[:, None, None, :]
+  if heatmaps_pred.ndim == 5:
+    heatmaps_target = heatmaps_target[:, None]
+  weight = target_weight.reshape(target_weight.shape[0], *[1] * (heatmaps_pred.ndim - 2), -1)
   squared = jnp.square((heatmaps_pred.astype(jnp.float32) - heatmaps_target) * weight)
-  return 0.5 * squared.mean(axis=(1, 2, 3))
+  return 0.5 * squared.mean(axis=tuple(range(1, heatmaps_pred.ndim)))
+
+
+def final_heatmaps(heatmaps: jax.Array) -> jax.Array:
+  """The heatmaps a prediction is read from: the last stack's for [B, S, h, w, K] outputs
+  (the official hourglass test reads the last stack), else the input."""
+  return heatmaps[:, -1] if heatmaps.ndim == 5 else heatmaps
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
@@ -100,10 +112,11 @@ def make_predict_step(model: nn.Module, flip_index: jax.Array | None
   def predict_step(variables, images_uint8: jax.Array) -> tuple[jax.Array, jax.Array]:
     images = normalize_images(images_uint8)
     heatmaps, _ = model.apply(variables, images, train=False)
-    heatmaps = heatmaps.astype(jnp.float32)
+    heatmaps = final_heatmaps(heatmaps).astype(jnp.float32)
     if flip_index is not None:
       flipped, _ = model.apply(variables, images[:, :, ::-1], train=False)
-      flipped = heatmap_codec.flip_heatmaps_back(flipped.astype(jnp.float32), flip_index)
+      flipped = final_heatmaps(flipped).astype(jnp.float32)
+      flipped = heatmap_codec.flip_heatmaps_back(flipped, flip_index)
       heatmaps = 0.5 * (heatmaps + flipped)
     xy, scores = heatmap_codec.decode_argmax(heatmaps)
     return heatmap_codec.refine_quarter_offset(heatmaps, xy), scores

@@ -33,6 +33,11 @@ def build_model(config: ml_collections.ConfigDict):
   if config.model.name not in models.MODELS:
     raise UserError(f"config key model.name: unknown model {config.model.name!r}; "
                     f"known: {sorted(models.MODELS)}")
+  if models.KINDS[config.model.name] != "topdown":
+    topdown = sorted(name for name, kind in models.KINDS.items() if kind == "topdown")
+    raise UserError(f"config key model.name: {config.model.name!r} is a "
+                    f"{models.KINDS[config.model.name]} model; this trainer trains top-down "
+                    f"heatmap models: {topdown}")
   return models.build(config.model.name, num_keypoints=spec.num_keypoints,
                       dtype=jnp.dtype(config.model.dtype), **config.model.options)
 

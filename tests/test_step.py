@@ -29,6 +29,17 @@ class JointsMseTest(chex.TestCase):
     chex.assert_trees_all_close(loss, jnp.array([2.5]))
 
   @chex.variants(with_jit=True, without_jit=True)
+  def test_stacked_heatmaps_average_the_per_stack_losses(self):
+    # Two stacks against one target: stack 0 is exact (loss 0), stack 1 is off by 1 at the
+    # single pixel of the single joint: 0.5 * 1 = 0.5; the mean over stacks is 0.25.
+    target = jnp.zeros((1, 1, 1, 1))
+    pred = jnp.stack([target, target + 1.0], axis=1)  # [B=1, S=2, h=1, w=1, K=1]
+    loss = self.variant(step_lib.joints_mse_per_sample)(pred, target, jnp.ones((1, 1)))
+    chex.assert_trees_all_close(loss, jnp.array([0.25]))
+    chex.assert_shape(step_lib.final_heatmaps(pred), (1, 1, 1, 1))
+    chex.assert_trees_all_close(step_lib.final_heatmaps(pred), target + 1.0)
+
+  @chex.variants(with_jit=True, without_jit=True)
   def test_normalize_images(self):
     images = jnp.full((1, 1, 1, 3), 255, jnp.uint8)
     expected = (1.0 - jnp.array([0.485, 0.456, 0.406])) / jnp.array([0.229, 0.224, 0.225])
