@@ -12,7 +12,10 @@ import flax.linen as nn
 from jaxpose.models import dekr
 from jaxpose.models import hourglass
 from jaxpose.models import hrnet
+from jaxpose.models import hsr_msnet
 from jaxpose.models import res2net
+from jaxpose.models import sadinet
+from jaxpose.models import san
 from jaxpose.models import simple_baseline
 
 MODELS = {
@@ -28,6 +31,17 @@ MODELS = {
     "hourglass_2": hourglass.hourglass_2,
     "hourglass_4": hourglass.hourglass_4,
     "hourglass_8": hourglass.hourglass_8,
+    "hsrnet59": hsr_msnet.hsrnet59,
+    "hsrnet110": hsr_msnet.hsrnet110,
+    "hsrnet161": hsr_msnet.hsrnet161,
+    "hsr_msnet59": hsr_msnet.hsr_msnet59,
+    "hsr_msnet110": hsr_msnet.hsr_msnet110,
+    "hsr_msnet161": hsr_msnet.hsr_msnet161,
+    "sadinet": sadinet.sadinet,
+    "san_r50": san.san_r50,
+    "san_r152": san.san_r152,
+    "san_r50_3d": san.san_r50_3d,
+    "san_r152_3d": san.san_r152_3d,
     "dekr_w32": dekr.dekr_w32,
     "dekr_w48": dekr.dekr_w48,
     # ImageNet classifiers: backbones for the paper models, not pose models themselves.
@@ -36,11 +50,15 @@ MODELS = {
 }
 
 
-# What each preset's output is, so a trainer can refuse a model it cannot train:
-# "topdown" -> (heatmaps [B, h, w, K] or [B, S, h, w, K], aux); "bottomup" -> ((heatmaps with
-# the center map last, offsets), aux); "classifier" -> (logits, aux).
-KINDS = {name: ("bottomup" if name.startswith("dekr") else
-                "classifier" if name.startswith("res2net") else "topdown") for name in MODELS}
+# What each preset's output is and how it learns, so a trainer can refuse a model it cannot
+# train: "topdown" -> (heatmaps [B, h, w, K] or [B, S, h, w, K], aux), heatmap MSE;
+# "topdown_rle" -> the same plus RLE outputs in aux (SADI-Net's combined loss);
+# "integral" -> (heatmap logits, aux["coords"]) for soft-argmax L1 (SAN); "bottomup" ->
+# ((heatmaps with the center map last, offsets), aux); "classifier" -> (logits, aux).
+_KIND_BY_PREFIX = (("dekr", "bottomup"), ("res2net", "classifier"), ("san_", "integral"),
+                   ("sadinet", "topdown_rle"))
+KINDS = {name: next((kind for prefix, kind in _KIND_BY_PREFIX if name.startswith(prefix)),
+                    "topdown") for name in MODELS}
 
 
 def build(name: str, **overrides: Any) -> nn.Module:
