@@ -15,6 +15,7 @@ from jaxpose.models import hrnet
 from jaxpose.models import hsr_msnet
 from jaxpose.models import res2net
 from jaxpose.models import sadinet
+from jaxpose.models import samkr
 from jaxpose.models import san
 from jaxpose.models import simple_baseline
 
@@ -44,6 +45,8 @@ MODELS = {
     "san_r152_3d": san.san_r152_3d,
     "dekr_w32": dekr.dekr_w32,
     "dekr_w48": dekr.dekr_w48,
+    "samkr_w32": samkr.samkr_w32,
+    "samkr_w48": samkr.samkr_w48,
     # ImageNet classifiers: backbones for the paper models, not pose models themselves.
     "res2net50_26w4s": res2net.res2net50_26w4s,
     "res2net101_26w4s": res2net.res2net101_26w4s,
@@ -55,7 +58,7 @@ MODELS = {
 # "topdown_rle" -> the same plus RLE outputs in aux (SADI-Net's combined loss);
 # "integral" -> (heatmap logits, aux["coords"]) for soft-argmax L1 (SAN); "bottomup" ->
 # ((heatmaps with the center map last, offsets), aux); "classifier" -> (logits, aux).
-_KIND_BY_PREFIX = (("dekr", "bottomup"), ("res2net", "classifier"), ("san_", "integral"),
+_KIND_BY_PREFIX = (("dekr", "bottomup"), ("samkr", "bottomup"), ("res2net", "classifier"), ("san_", "integral"),
                    ("sadinet", "topdown_rle"))
 KINDS = {name: next((kind for prefix, kind in _KIND_BY_PREFIX if name.startswith(prefix)),
                     "topdown") for name in MODELS}

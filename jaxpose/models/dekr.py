@@ -157,6 +157,12 @@ class DEKR(nn.Module):
     heatmaps = _conv(self.num_keypoints + 1, self.final_conv_kernel, self.dtype,
                      "head_heatmap_final", use_bias=True)(x)
 
+    offsets = self.offset_head(features, train=train)
+    return (heatmaps.astype(jnp.float32), offsets.astype(jnp.float32)), {"features": features}
+
+  def offset_head(self, features: jax.Array, *, train: bool) -> jax.Array:
+    """Offsets [B, H/4, W/4, 2K] (compute dtype) from the concatenated features; called by
+    `__call__`'s compact scope, so subclasses (SAMKR) override it to change the branches."""
     per_keypoint = self.offset_channels_per_keypoint
     x = _conv(self.num_keypoints * per_keypoint, 1, self.dtype, "transition_offset_conv")(features)
     x = nn.relu(layers.batch_norm(train, self.dtype, "transition_offset_bn")(x))
@@ -168,8 +174,7 @@ class DEKR(nn.Module):
             y, train=train)
       offsets.append(_conv(2, self.final_conv_kernel, self.dtype, f"offset_final{j}",
                            use_bias=True)(y))
-    offsets = jnp.concatenate(offsets, axis=-1)
-    return (heatmaps.astype(jnp.float32), offsets.astype(jnp.float32)), {"features": features}
+    return jnp.concatenate(offsets, axis=-1)
 
 
 # The official COCO models (experiments/coco/w32/w32_4x_reg03_bs10_512_adam_lr1e-3_coco_x140
