@@ -25,6 +25,8 @@ import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
 
+import hash_weights
+
 from jaxpose import models
 from jaxpose.models import layers
 from jaxpose.models import resnet
@@ -50,14 +52,7 @@ def _assert_close_to_scale(actual, expected, what: str, tolerance: float = RELAT
 
 
 def _fixture_tensor(index: int, shape: tuple[int, ...]) -> np.ndarray:
-  """Uniform [-1, 1) float32 from a 32-bit integer hash of (tensor index, element index)."""
-  n = np.arange(int(np.prod(shape)), dtype=np.uint64)
-  h = (n * np.uint64(2654435761) + np.uint64(index) * np.uint64(40503)
-       + np.uint64(FIXTURE_SEED)) % np.uint64(2**32)
-  h ^= h >> np.uint64(16)
-  h = (h * np.uint64(0x45D9F3B)) % np.uint64(2**32)
-  h ^= h >> np.uint64(16)
-  return (h.astype(np.float64) / 2**31 - 1.0).astype(np.float32).reshape(shape)
+  return hash_weights.hash_uniform(index, shape, FIXTURE_SEED)
 
 
 def _fixture_state_dict(fixture, name: str) -> dict[str, np.ndarray]:

@@ -54,12 +54,12 @@ from jaxpose import weights
 from jaxpose.models import fast_grad
 from jaxpose.models import layers
 from jaxpose.models import resnet
+from jaxpose.models import simple_baseline
 
 # DetNet `__init__` (as torchvision): conv weights N(0, 2 / (kh kw out)), i.e. kaiming normal
 # fan_out; BN scale 1 / bias 0 (the flax defaults). Head: pose_resnet `init_weights`,
 # N(0, 0.001^2), bias 0. SE: torch's Linear default, U(+-1/sqrt(fan_in)) for kernel and bias.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-_head_init = nn.initializers.normal(stddev=0.001)
 _se_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 _STEM_CHANNELS = 64
@@ -262,13 +262,9 @@ class HSRMSNet(nn.Module):
                        f"{images.shape} (NHWC); e.g. 256x192, 384x288, 64x48.")
     features, stages = HSRNet(self.stage_sizes, self.multiscale, self.base_width, self.scale,
                               self.se_reduction, self.dtype, name="backbone")(images, train=train)
-    x = features
-    for i, filters in enumerate(self.num_deconv_filters):
-      x = layers.Deconv2x(filters, self.deconv_kernel, kernel_init=_head_init, dtype=self.dtype,
-                          name=f"deconv{i}")(x)
-      x = nn.relu(layers.batch_norm(train, self.dtype, f"deconv{i}_bn")(x))
-    heatmaps = layers.conv2d(self.num_keypoints, 1, use_bias=True, kernel_init=_head_init,
-                             dtype=self.dtype, name="final_layer")(x)
+    heatmaps = simple_baseline.deconv_head(features, self.num_deconv_filters,
+                                           self.deconv_kernel, self.num_keypoints, train=train,
+                                           dtype=self.dtype)
     return heatmaps.astype(jnp.float32), {"backbone": features, "stages": stages}
 
 

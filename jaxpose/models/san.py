@@ -44,10 +44,10 @@ import numpy as np
 from jaxpose.codecs import integral
 from jaxpose.models import layers
 from jaxpose.models import resnet
+from jaxpose.models import simple_baseline
 
-# integral-human-pose `DeconvHead`: deconv and final conv weights ~ N(0, 0.001^2), final
-# bias 0, BN scale 1 / bias 0 (flax defaults).
-_head_init = nn.initializers.normal(stddev=0.001)
+# The head is `simple_baseline.deconv_head`, whose init (deconv and final conv weights
+# N(0, 0.001^2), final bias 0, BN 1 / 0) is also integral-human-pose's `DeconvHead`'s.
 
 
 def _torch_conv_inits(fan_in: int) -> tuple[Any, Any]:
@@ -143,14 +143,10 @@ class SAN(nn.Module):
     features = resnet.ResNet(self.depth, dtype=self.dtype, name="backbone")(images, train=train)
     x, attention = SelfAttention(self.attention_reduction, dtype=self.dtype,
                                  name="attention")(features)
-    for i, filters in enumerate(self.num_deconv_filters):
-      x = layers.Deconv2x(filters, self.deconv_kernel, kernel_init=_head_init, dtype=self.dtype,
-                          name=f"deconv{i}")(x)
-      x = nn.relu(layers.batch_norm(train, self.dtype, f"deconv{i}_bn")(x))
     maps_per_joint = max(self.depth_bins, 1)
-    heatmaps = layers.conv2d(self.num_keypoints * maps_per_joint, 1, use_bias=True,
-                             kernel_init=_head_init, dtype=self.dtype, name="final_layer")(x)
-    heatmaps = heatmaps.astype(jnp.float32)
+    heatmaps = simple_baseline.deconv_head(x, self.num_deconv_filters, self.deconv_kernel,
+                                           self.num_keypoints * maps_per_joint, train=train,
+                                           dtype=self.dtype).astype(jnp.float32)
     if self.depth_bins:
       coords = integral.soft_argmax_3d(heatmaps, self.num_keypoints)
     else:

@@ -65,14 +65,27 @@ class SimpleBaseline(nn.Module):
                        f"{images.shape} (NHWC); e.g. 256x192, 384x288, 64x64, 96x64.")
 
     features = resnet.ResNet(self.depth, dtype=self.dtype, name="backbone")(images, train=train)
-    x = features
-    for i, filters in enumerate(self.num_deconv_filters):
-      x = layers.Deconv2x(filters, self.deconv_kernel, kernel_init=_head_init, dtype=self.dtype,
-                          name=f"deconv{i}")(x)
-      x = nn.relu(layers.batch_norm(train, self.dtype, f"deconv{i}_bn")(x))
-    heatmaps = layers.conv2d(self.num_keypoints, 1, use_bias=True, kernel_init=_head_init,
-                             dtype=self.dtype, name="final_layer")(x)
+    heatmaps = deconv_head(features, self.num_deconv_filters, self.deconv_kernel,
+                           self.num_keypoints, train=train, dtype=self.dtype)
     return heatmaps.astype(jnp.float32), {"backbone": features}
+
+
+def deconv_head(x: jax.Array, num_deconv_filters: Sequence[int], deconv_kernel: int,
+                num_outputs: int, *, train: bool, dtype: Any) -> jax.Array:
+  """SimpleBaseline's head: per entry of `num_deconv_filters` a stride-2 `Deconv2x` + BN +
+  ReLU, then a 1x1 conv with bias to `num_outputs` maps; [B, h, w, C] -> [B, h * 2**n,
+  w * 2**n, num_outputs] in `dtype`.
+
+  Call it inside a compact `__call__`: the layers join the calling module under the names
+  `deconv{i}`, `deconv{i}_bn`, `final_layer`, so the official `deconv_layers.*` /
+  `final_layer.*` keys map onto every model that uses it (SimpleBaseline, HSR-MSNet, SAN).
+  """
+  for i, filters in enumerate(num_deconv_filters):
+    x = layers.Deconv2x(filters, deconv_kernel, kernel_init=_head_init, dtype=dtype,
+                        name=f"deconv{i}")(x)
+    x = nn.relu(layers.batch_norm(train, dtype, f"deconv{i}_bn")(x))
+  return layers.conv2d(num_outputs, 1, use_bias=True, kernel_init=_head_init, dtype=dtype,
+                       name="final_layer")(x)
 
 
 # The official COCO/MPII configs (`experiments/coco/resnet/res{50,101,152}_*_d256x3_*.yaml`:

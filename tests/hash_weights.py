@@ -1,0 +1,19 @@
+"""Deterministic pseudo-random tensors shared by the parity tests and their fixture scripts.
+
+Fixtures too large to store (a Res2Net or DetNet state_dict of millions of values) keep only
+keys, shapes and per-tensor sums; the fixture script and the test both generate each tensor
+from this integer hash, and the stored sums prove the two agree bit for bit.
+"""
+
+import numpy as np
+
+
+def hash_uniform(index: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
+  """Uniform [-1, 1) float32 from a 32-bit integer hash of (seed, tensor index, element)."""
+  n = np.arange(int(np.prod(shape)), dtype=np.uint64)
+  h = (n * np.uint64(2654435761) + np.uint64(index) * np.uint64(40503)
+       + np.uint64(seed)) % np.uint64(2**32)
+  h ^= h >> np.uint64(16)
+  h = (h * np.uint64(0x45D9F3B)) % np.uint64(2**32)
+  h ^= h >> np.uint64(16)
+  return (h.astype(np.float64) / 2**31 - 1.0).astype(np.float32).reshape(shape)
