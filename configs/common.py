@@ -38,6 +38,19 @@ def placeholder(kind):
   return ml_collections.config_dict.placeholder(kind)
 
 
+def pretrained_init(init_from: str = "", backbone_only: bool = True) -> dict:
+  """The `model.init_from*` keys every config's `model` block carries (`**` them in).
+
+  init_from: a `.pth`, `.npz` or `.safetensors` file loaded once, when a new run starts
+    (a resumed run keeps its trained weights); "" starts from the random init.
+  backbone_only: True loads an ImageNet classifier checkpoint (torchvision ResNet,
+    HRNet-Image-Classification, Res2Net, DetNet-59) into the backbone only and keeps the
+    head's fresh init; False loads a whole checkpoint of the same model. See
+    `jaxpose/pretrained.py`.
+  """
+  return dict(init_from=init_from, init_backbone_only=backbone_only)
+
+
 def topdown_augmentation(**overrides) -> ml_collections.ConfigDict:
   """HRNet/SimpleBaseline top-down augmentation (their COCO yaml values)."""
   aug = dict(

@@ -14,6 +14,9 @@ training and evaluation; AP on the synthetic val split in BUILD_NOTES.md.
 
 Variants (`--config configs/default.py:ARGS`):
   smoke      ResNet-18 with a 16-filter head, 64x64 input, a few steps: a test and CI run.
+
+From torchvision's ImageNet ResNet-18 (the papers' initialisation; the head stays fresh):
+  python -m jaxpose.launch --config.model.init_from=resnet18-f37072fd.pth
 """
 
 import ml_collections
@@ -27,7 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.model = dict(name="simplebaseline_r18", dtype="float32",
-                 options=dict(num_deconv_filters=(16, 16, 16) if arg.smoke else (128, 128, 128)))
+                 options=dict(num_deconv_filters=(16, 16, 16) if arg.smoke else (128, 128, 128)),
+                 **common.pretrained_init())
 
   c.data = dict(
       source="synthetic",

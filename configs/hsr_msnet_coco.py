@@ -2,8 +2,9 @@
 
 Paper: "HSR-MSNet: High Spatial Resolution and Multiscale Networks" (../shared/papers/
 hsr-msnet.txt), Sec. 4.2 recipe: Adam, batch 32, 140 epochs, lr 1e-4 decayed x0.1 at epochs
-90 and 120; ground-truth boxes for training; flip test. Backbones from ImageNet weights
-through `--config.model.init_from` (DetNet-59 / ResNet / Res2Net files; see README).
+90 and 120; ground-truth boxes for training; flip test. ImageNet backbone weights through
+`--config.model.init_from`: DetNet-59 for HSRNet-59, torchvision ResNets for the
+SimpleBaseline rows; HSR-MSNet's MSNet blocks have no released ImageNet checkpoint.
 
   python -m jaxpose.launch --config configs/hsr_msnet_coco.py:depth=59,res=256 \\
       --config.data.root=/data/coco

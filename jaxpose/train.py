@@ -18,6 +18,7 @@ from jaxpose import mesh as mesh_lib
 from jaxpose import metrics_log
 from jaxpose import models
 from jaxpose import optim
+from jaxpose import pretrained
 from jaxpose import step as step_lib
 from jaxpose import workdir as workdir_lib
 from jaxpose.data import keypoints as keypoints_lib
@@ -110,7 +111,14 @@ def train(config, workdir: Path, model, mesh, checkpointer, log) -> step_lib.Tra
     log.truncate_after(latest)
     _say(f"resumed from {checkpointer.directory}/{latest}")
   else:
+    # Only a new run starts from model.init_from (a resumed run keeps its trained weights);
+    # the file is read first, so a wrong path or key fails before the init compiles.
+    loaded = pretrained.read_init_from(config, model)
     state = jax.jit(init_fn, out_shardings=replicated)(init_rng)
+    state = pretrained.put_into_state(loaded, state, tx, replicated)
+    if config.model.init_from:
+      _say(f"initialised {'the backbone' if config.model.init_backbone_only else 'all weights'}"
+           f" from {config.model.init_from}")
   start_step = int(state.step)
   _say(f"training {config.model.name} for {total_steps} steps ({steps_per_epoch} steps/epoch, "
        f"global batch {global_batch_size}, {len(source)} persons) on {jax.device_count()} devices")
