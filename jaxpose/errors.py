@@ -14,3 +14,8 @@ class DatasetError(UserError):
 
 class TrainingDiverged(Exception):
   """The loss or gradients became non-finite; the message names the step and last checkpoint."""
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; training stopped after a checkpoint. The message names it. Not an
+  error: the CLI prints it and exits 0, and re-running the command resumes there."""

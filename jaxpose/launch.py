@@ -93,7 +93,7 @@ def main(argv: list[str], config_flag) -> None:
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from jaxpose import train  # pylint: disable=g-import-not-at-top
-  from jaxpose.errors import TrainingDiverged, UserError  # pylint: disable=g-import-not-at-top
+  from jaxpose.errors import Preempted, TrainingDiverged, UserError  # pylint: disable=g-import-not-at-top
 
   config_arg = flags.FLAGS["config"].config_filename
   workdir = _WORKDIR.value or _default_workdir(config_arg)
@@ -103,6 +103,9 @@ def main(argv: list[str], config_flag) -> None:
     train.run(config_flag.value, workdir, _MODE.value)
   except (UserError, TrainingDiverged) as e:
     _fail(str(e))
+  except Preempted as e:  # a scheduler's SIGTERM: the checkpoint is written, not a failure
+    print(str(e), flush=True)
+    sys.exit(0)
 
 
 def cli() -> None:

@@ -18,12 +18,13 @@ from jaxpose import mesh as mesh_lib
 from jaxpose import metrics_log
 from jaxpose import models
 from jaxpose import optim
+from jaxpose import preemption
 from jaxpose import pretrained
 from jaxpose import step as step_lib
 from jaxpose import workdir as workdir_lib
 from jaxpose.data import keypoints as keypoints_lib
 from jaxpose.data import pipeline
-from jaxpose.errors import TrainingDiverged, UserError
+from jaxpose.errors import Preempted, TrainingDiverged, UserError
 from jaxpose.evaluation import topdown
 
 MODES = ("train", "eval", "train_and_eval")
@@ -128,12 +129,21 @@ def train(config, workdir: Path, model, mesh, checkpointer, log) -> step_lib.Tra
       in_shardings=(replicated, mesh_lib.batch_sharding(mesh), replicated),
       out_shardings=(replicated, replicated), donate_argnums=0)
   progress = _Progress(total_steps, start_step, schedule)
+  with preemption.StopRequest() as stop:
+    state = _train_loop(config, train_step, state, data_iterator, mesh, step_rng, start_step,
+                        total_steps, progress, checkpointer, log, stop)
+  checkpointer.wait()
+  return state
+
+
+def _train_loop(config, train_step, state, data_iterator, mesh, step_rng, start_step: int,
+                total_steps: int, progress, checkpointer, log, stop) -> step_lib.TrainState:
   pending: list[dict] = []
   for step in range(start_step + 1, total_steps + 1):
     batch = mesh_lib.put_batch(next(data_iterator), mesh)
     state, metrics = train_step(state, batch, step_rng)
     pending.append(metrics)
-    if step % config.train.log_every_steps == 0 or step == total_steps:
+    if step % config.train.log_every_steps == 0 or step == total_steps or stop.requested:
       fetched = jax.device_get(pending)
       pending = []
       row = progress.row(step, fetched)
@@ -144,9 +154,12 @@ def train(config, workdir: Path, model, mesh, checkpointer, log) -> step_lib.Tra
             f"checkpoint: {f'{checkpointer.directory}/{last_good}' if last_good else 'none'}")
       log.write(step, row)
       _say(progress.line(step, row))
-    if step % config.train.checkpoint_every_steps == 0 or step == total_steps:
+    if step % config.train.checkpoint_every_steps == 0 or step == total_steps or stop.requested:
       checkpointer.save(step, state, data_iterator)
-  checkpointer.wait()
+    if stop.requested and step < total_steps:
+      checkpointer.wait()
+      raise Preempted(f"SIGTERM: stopped after step {step} with a checkpoint in "
+                      f"{checkpointer.directory}/{step}; re-run the same command to resume")
   return state
 
 

@@ -92,27 +92,58 @@ def _wait_for_checkpoint(workdir, process, timeout=300.0):
   raise AssertionError("no checkpoint appeared")
 
 
-def test_resume_after_sigkill_is_exact(tmp_path, synthetic_cache):
-  overrides = ("--config.train.total_steps=20", "--config.train.checkpoint_every_steps=5",
-               "--config.optim.decay_steps=(12,)")
-  launch(tmp_path / "straight", *overrides, cache_dir=synthetic_cache)
+_RESUME_OVERRIDES = ("--config.train.total_steps=20", "--config.train.checkpoint_every_steps=5",
+                     "--config.optim.decay_steps=(12,)")
 
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, synthetic_cache):
+  """20 uninterrupted steps: the reference for the interrupted runs below."""
+  workdir = tmp_path_factory.mktemp("straight")
+  launch(workdir, *_RESUME_OVERRIDES, cache_dir=synthetic_cache)
+  return workdir
+
+
+def _assert_same_run(resumed, straight):
+  straight_rows = read_metrics(straight)
+  resumed_rows = read_metrics(resumed)
+  assert [r["step"] for r in resumed_rows] == list(range(1, 21))
+  for a, b in zip(straight_rows, resumed_rows):
+    assert a["data_fingerprint"] == b["data_fingerprint"], (a["step"], "different batch")
+    assert a["loss"] == b["loss"], a["step"]
+  _assert_trees_close(_final_params(resumed, 20), _final_params(straight, 20), rtol=0)
+
+
+def test_resume_after_sigkill_is_exact(tmp_path, synthetic_cache, straight_run):
   killed = tmp_path / "killed"
-  process = launch(killed, *overrides, cache_dir=synthetic_cache, popen=True)
+  process = launch(killed, *_RESUME_OVERRIDES, cache_dir=synthetic_cache, popen=True)
   committed = _wait_for_checkpoint(killed, process)
   process.send_signal(signal.SIGKILL)
   process.wait()
   assert process.returncode == -signal.SIGKILL
   assert max(committed) < 20, "the run finished before it could be killed"
-  launch(killed, *overrides, cache_dir=synthetic_cache)
+  launch(killed, *_RESUME_OVERRIDES, cache_dir=synthetic_cache)
+  _assert_same_run(killed, straight_run)
 
-  straight_rows = read_metrics(tmp_path / "straight")
-  resumed_rows = read_metrics(killed)
-  assert [r["step"] for r in resumed_rows] == list(range(1, 21))
-  for a, b in zip(straight_rows, resumed_rows):
-    assert a["data_fingerprint"] == b["data_fingerprint"], (a["step"], "different batch")
-    assert a["loss"] == b["loss"], a["step"]
-  _assert_trees_close(_final_params(killed, 20), _final_params(tmp_path / "straight", 20), rtol=0)
+
+def test_sigterm_checkpoints_the_current_step_and_exits_zero(tmp_path, synthetic_cache,
+                                                              straight_run):
+  terminated = tmp_path / "terminated"
+  process = launch(terminated, *_RESUME_OVERRIDES, cache_dir=synthetic_cache, popen=True)
+  _wait_for_checkpoint(terminated, process)  # training is under way
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=300)
+  assert process.returncode == 0, output
+  stopped = [line for line in output.splitlines() if line.startswith("SIGTERM: stopped after")]
+  assert stopped, output
+  step = int(stopped[0].split()[4])
+  assert 5 <= step < 20, stopped[0]
+  # The step it stopped at is committed (not only the periodic ones) and is the newest.
+  committed = sorted(int(p.name) for p in (terminated / "checkpoints").glob("*")
+                     if p.name.isdigit())
+  assert committed[-1] == step, (committed, step)
+  launch(terminated, *_RESUME_OVERRIDES, cache_dir=synthetic_cache)
+  _assert_same_run(terminated, straight_run)
 
 
 @pytest.mark.parametrize("override, culprit", [
