@@ -17,3 +17,17 @@ def hash_uniform(index: int, shape: tuple[int, ...], seed: int) -> np.ndarray:
   h = (h * np.uint64(0x45D9F3B)) % np.uint64(2**32)
   h ^= h >> np.uint64(16)
   return (h.astype(np.float64) / 2**31 - 1.0).astype(np.float32).reshape(shape)
+
+
+def state_dict_value(index: int, key: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
+  """The value the fixture scripts give torch tensor `key` (number `index` in state_dict
+  order): conv/linear weights U(-1, 1) * sqrt(3 / fan_in) (fan_in = prod(shape[1:])), BN
+  weight 0.75 + 0.25 u, running var 1 + 0.5 u, every bias and running mean 0.1 u."""
+  u = hash_uniform(index, shape, seed)
+  if key.endswith("running_var"):
+    return (1.0 + 0.5 * u).astype(np.float32)
+  if len(shape) in (2, 4):
+    return (u * np.float32(np.sqrt(3.0 / np.prod(shape[1:])))).astype(np.float32)
+  if key.endswith("weight"):
+    return (0.75 + 0.25 * u).astype(np.float32)
+  return (0.1 * u).astype(np.float32)

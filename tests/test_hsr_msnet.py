@@ -43,21 +43,8 @@ BATCH, HEIGHT, WIDTH, NUM_KEYPOINTS = 2, 64, 48, 5
 RELATIVE_TOLERANCE = 1e-4
 
 
-def _fixture_tensor(index: int, shape: tuple[int, ...]) -> np.ndarray:
-  return hash_weights.hash_uniform(index, shape, FIXTURE_SEED)
-
-
 def _fixture_value(index: int, key: str, shape: tuple[int, ...]) -> np.ndarray:
-  """(De)conv weights U(-1, 1) * sqrt(3 / prod(shape[1:])); BN weight 0.75 + 0.25 u, running
-  var 1 + 0.5 u; every bias and running mean 0.1 u."""
-  u = _fixture_tensor(index, shape)
-  if key.endswith("running_var"):
-    return (1.0 + 0.5 * u).astype(np.float32)
-  if len(shape) in (2, 4):
-    return (u * np.float32(np.sqrt(3.0 / np.prod(shape[1:])))).astype(np.float32)
-  if key.endswith("weight"):
-    return (0.75 + 0.25 * u).astype(np.float32)
-  return (0.1 * u).astype(np.float32)
+  return hash_weights.state_dict_value(index, key, shape, FIXTURE_SEED)
 
 
 @functools.cache

@@ -6,7 +6,7 @@ CPU): layers [2, 1, 1, 2], baseWidth 4, scale 4, 10 classes, eval mode, on a [2,
 input (stored NHWC). That exercises 'stage' blocks with stride 1 (layer1) and 2 (their
 average-pooled last split, on the odd 3-wide layer3 map too), 'normal' blocks and every
 downsample. Res2Net's output widths do not shrink with the base width, so the state_dict
-(~4 M values) is not stored: every tensor is the deterministic hash `_fixture_tensor`
+(~4 M values) is not stored: every tensor is the deterministic hash `_fixture_value`
 below, and the npz holds the official key list, shapes and per-tensor sums, which prove the
 regeneration bit-identical. Stored outputs: logits and the layer4 features. The generating
 script imports the official code, so it lives outside the repo
@@ -35,21 +35,8 @@ BATCH, HEIGHT, WIDTH, NUM_CLASSES = 2, 64, 48, 10
 RELATIVE_TOLERANCE = 1e-4
 
 
-def _fixture_tensor(index: int, shape: tuple[int, ...]) -> np.ndarray:
-  return hash_weights.hash_uniform(index, shape, FIXTURE_SEED)
-
-
 def _fixture_value(index: int, key: str, shape: tuple[int, ...]) -> np.ndarray:
-  """Conv/Linear weights U(-1, 1) * sqrt(3 / fan_in); BN weight 0.75 + 0.25 u, running var
-  1 + 0.5 u; every bias and running mean 0.1 u."""
-  u = _fixture_tensor(index, shape)
-  if key.endswith("running_var"):
-    return (1.0 + 0.5 * u).astype(np.float32)
-  if len(shape) in (2, 4):
-    return (u * np.float32(np.sqrt(3.0 / np.prod(shape[1:])))).astype(np.float32)
-  if key.endswith("weight"):
-    return (0.75 + 0.25 * u).astype(np.float32)
-  return (0.1 * u).astype(np.float32)
+  return hash_weights.state_dict_value(index, key, shape, FIXTURE_SEED)
 
 
 @functools.cache
