@@ -9,7 +9,7 @@ generator. The COCO recipe itself is `configs.common.topdown_augmentation()` unc
   python -m jaxpose.launch                                  # this config, workdir runs/default
   python -m jaxpose.launch --config configs/default.py:smoke --workdir /tmp/smoke
 
-Expected on a 2-core CPU (BUILD_NOTES.md has the measured run): about 9 minutes for
+Expected on a 2-core CPU (BUILD_NOTES.md has the measured run): about 7 minutes for
 training and evaluation; AP on the synthetic val split in BUILD_NOTES.md.
 
 Variants (`--config configs/default.py:ARGS`):
