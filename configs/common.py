@@ -66,6 +66,26 @@ def topdown_augmentation(**overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(aug)
 
 
+def train_loop(log_every_steps: int, checkpoint_every_steps: int, keep_checkpoints: int = 2
+               ) -> ml_collections.ConfigDict:
+  """The `train` block; the config then sets exactly one of `total_steps`, `total_epochs`."""
+  return ml_collections.ConfigDict(dict(
+      total_steps=placeholder(int),
+      total_epochs=placeholder(float),
+      log_every_steps=log_every_steps,
+      checkpoint_every_steps=checkpoint_every_steps,
+      keep_checkpoints=keep_checkpoints,
+  ))
+
+
+def topdown_eval(batch_size: int, num_visualize: int = 4) -> ml_collections.ConfigDict:
+  """The `eval` block with SimpleBaseline/HRNet's test settings: flip test, rescoring with
+  keypoints above 0.2 (`in_vis_thre`), OKS-NMS at 0.9."""
+  return ml_collections.ConfigDict(dict(batch_size=batch_size, flip_test=True,
+                                        keypoint_score_threshold=0.2, oks_nms_threshold=0.9,
+                                        num_visualize=num_visualize))
+
+
 def adam_step_schedule(base_lr: float, base_batch_size: int, decay_factor: float = 0.1):
   """Adam with a step schedule, the SimpleBaseline/HRNet recipe; the decay
   boundaries (`decay_steps` or `decay_epochs`) are set by the config."""

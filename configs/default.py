@@ -61,13 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       rotation_factor=20.0, scale_factor=0.25, half_body_prob=0.0)
 
   c.optim = common.adam_step_schedule(base_lr=2e-3, base_batch_size=32)  # 1e-3 at batch 16
-  c.train = dict(
-      total_steps=common.placeholder(int),
-      total_epochs=common.placeholder(float),
-      log_every_steps=1 if arg.smoke else 20,
-      checkpoint_every_steps=5 if arg.smoke else 120,
-      keep_checkpoints=2,
-  )
+  c.train = common.train_loop(log_every_steps=1 if arg.smoke else 20,
+                              checkpoint_every_steps=5 if arg.smoke else 120)
   if arg.smoke:
     c.train.total_steps = 6
     c.optim.decay_steps = (4,)
@@ -75,11 +70,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.total_steps = 660
     c.optim.decay_steps = (550, 620)
 
-  c.eval = dict(
-      batch_size=16 if arg.smoke else 64,
-      flip_test=True,
-      keypoint_score_threshold=0.2,  # HRNet in_vis_thre for rescoring
-      oks_nms_threshold=0.9,
-      num_visualize=4,
-  )
+  c.eval = common.topdown_eval(batch_size=16 if arg.smoke else 64)
   return c

@@ -61,13 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.augment = common.topdown_augmentation()
 
   c.optim = common.adam_step_schedule(base_lr=1e-4, base_batch_size=32)
-  c.train = dict(
-      total_steps=common.placeholder(int),
-      total_epochs=common.placeholder(float),
-      log_every_steps=1 if arg.smoke else 100,
-      checkpoint_every_steps=2 if arg.smoke else 2000,
-      keep_checkpoints=2,
-  )
+  c.train = common.train_loop(log_every_steps=1 if arg.smoke else 100,
+                              checkpoint_every_steps=2 if arg.smoke else 2000)
   if arg.smoke:
     c.train.total_steps = 2
     c.optim.decay_steps = (1,)
@@ -75,6 +70,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.total_epochs = 140.0
     c.optim.decay_epochs = (90.0, 120.0)
 
-  c.eval = dict(batch_size=4 if arg.smoke else 64, flip_test=True, keypoint_score_threshold=0.2,
-                oks_nms_threshold=0.9, num_visualize=2 if arg.smoke else 4)
+  c.eval = common.topdown_eval(batch_size=4 if arg.smoke else 64,
+                               num_visualize=2 if arg.smoke else 4)
   return c
