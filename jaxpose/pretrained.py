@@ -68,8 +68,6 @@ def _not_fc(path: tuple[str, ...]) -> bool:
   return path[0] != "fc"
 
 
-# torch_import keeps its kernel map private; it is the same function its importer uses.
-_resnet_kernel_axes = torch_import._kernel_axes  # pylint: disable=protected-access
 _TORCHVISION_FC = re.compile(r"fc\..*")
 _CLS_HRNET_HEAD = re.compile(r"(incre_modules|downsamp_modules|final_layer|classifier)\..*"
                              r"|stage4\.\d+\.fuse_layers\.[1-9]\..*")
@@ -77,10 +75,10 @@ _CLS_HRNET_HEAD = re.compile(r"(incre_modules|downsamp_modules|final_layer|class
 # Preset name prefix -> family. SAN and HSRNet have no whole-checkpoint importer (no
 # official code): only their backbones (a torchvision ResNet, a DetNet-59) load.
 FAMILIES = {
-    "simplebaseline": Family(torch_import.torch_key, _resnet_kernel_axes,
+    "simplebaseline": Family(torch_import.torch_key, torch_import.kernel_axes,
                              torch_import.simple_baseline_from_torch, _under_backbone,
                              _TORCHVISION_FC),
-    "san_": Family(torch_import.torch_key, _resnet_kernel_axes, None, _under_backbone,
+    "san_": Family(torch_import.torch_key, torch_import.kernel_axes, None, _under_backbone,
                    _TORCHVISION_FC),
     "hrnet": Family(hrnet_torch_import.torch_key, hrnet_torch_import.kernel_axes,
                     hrnet_torch_import.hrnet_from_torch, _under_backbone, _CLS_HRNET_HEAD),

@@ -70,7 +70,7 @@ def infer_model(state_dict: Mapping[str, Any]) -> simple_baseline.SimpleBaseline
       deconv_kernel=kernels.pop() if kernels else 4)
 
 
-def _kernel_axes(path: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+def kernel_axes(path: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
   """(torch -> flax, flax -> torch) axis permutations of the kernel at `path`; None if none."""
   if path[-1] != "kernel":
     return None
@@ -91,4 +91,4 @@ def simple_baseline_from_torch(
     result under "backbone" of a SimpleBaseline's variables.
   Raises ValueError listing every missing, extra and mis-shaped torch key.
   """
-  return weights.convert(state_dict, model or infer_model(state_dict), torch_key, _kernel_axes)
+  return weights.convert(state_dict, model or infer_model(state_dict), torch_key, kernel_axes)
