@@ -52,7 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   size_hw = {256: (256, 192), 384: (384, 288)}[arg.res]
   c.input = dict(
       size_hw=(64, 64) if arg.smoke else size_hw,
-      heatmap_sigma=2.0 if arg.res == 256 else 3.0,  # HRNet's COCO yamls: 2 at 256x192, 3 at 384x288
+      # HRNet's COCO yamls: sigma 2 at 256x192, 3 at 384x288.
+      heatmap_sigma=2.0 if arg.res == 256 else 3.0,
       batch_size=4 if arg.smoke else 32,
       num_workers=0 if arg.smoke else 8,
       read_threads=2,
