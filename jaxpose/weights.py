@@ -10,10 +10,11 @@ momentum and never reads it.
 `convert(..., select=, drop=)` converts part of a model (e.g. its backbone from an ImageNet
 classifier checkpoint, `jaxpose/pretrained.py`), with the same checks on that part.
 
-Files are read without unpickling untrusted data: `.npz` with `allow_pickle=False`,
-`.safetensors` with numpy alone (the format is a JSON header and raw little-endian bytes;
-no safetensors package needed), `.pth` only through `torch.load(weights_only=True)` and
-only if torch is installed (jaxpose itself never needs torch).
+Files are read without unpickling untrusted data and without torch: `.npz` with
+`allow_pickle=False`, `.safetensors` with numpy alone (the format is a JSON header and raw
+little-endian bytes; no safetensors package needed), `.pth` by `jaxpose.torch_checkpoint`
+(torch's zip and legacy pre-1.6 formats through an allowlisting unpickler that refuses every
+global but tensors and containers, as `torch.load(weights_only=True)` does).
 """
 
 import functools
@@ -30,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpose import torch_checkpoint
 from jaxpose.errors import UserError
 
 # flax leaf -> torch leaf, per collection (Conv2d / BatchNorm2d parameter names).
@@ -219,8 +221,11 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-  """torch key -> numpy array from a `.npz`, `.safetensors` or (with torch installed) a
-  `.pth` file."""
+  """torch key -> numpy array from a `.npz`, `.safetensors` or `.pth` file.
+
+  A `.pth` may hold the state_dict itself or a training checkpoint with one under
+  "state_dict"; DataParallel's `module.` prefix is removed.
+  """
   path = Path(path)
   if not path.is_file():
     raise UserError(f"{path}: weight file not found")
@@ -233,20 +238,6 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
   if path.suffix == ".safetensors":
     return read_safetensors(path)
   if path.suffix in (".pth", ".pt"):
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      raise UserError(f"{path}: reading .pth needs torch (pip install torch), or convert it "
-                      "to .npz or .safetensors") from None
-    try:
-      state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pylint: disable=broad-except
-      # A damaged file raises RuntimeError, KeyError, EOFError or UnpicklingError, and a
-      # pickle of anything but tensors and containers is refused: all the file's fault.
-      first_line = (str(error).splitlines() or [""])[0]
-      raise UserError(f"{path}: not a readable .pth file ({type(error).__name__}: "
-                      f"{first_line})") from None
-    state = state.get("state_dict", state)
-    return {key.removeprefix("module."): value.numpy() for key, value in state.items()}
+    return torch_checkpoint.state_dict(path)
   raise UserError(f"{path}: unknown weight format {path.suffix!r}; known: .npz, .safetensors, "
                   ".pth")
