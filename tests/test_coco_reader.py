@@ -92,9 +92,15 @@ def test_missing_image_is_named(tmp_path):
     coco.CocoPersonBoxes(path, tmp_path / "val", keypoints_lib.COCO)
 
 
-def test_duplicate_image_id_is_named(tmp_path):
+def test_duplicate_image_id_skips_the_persons_on_it(tmp_path):
   images = [dict(id=1, file_name="a.jpg", width=64, height=48),
+            dict(id=2, file_name="b.jpg", width=64, height=48),
             dict(id=1, file_name="b.jpg", width=64, height=48)]
-  with pytest.raises(DatasetError, match=r"images\[1\]: duplicate image id 1"):
-    coco.CocoPersonBoxes(write_coco(tmp_path, images=images, annotations=[]), tmp_path / "val",
-                         keypoints_lib.COCO)
+  source = coco.CocoPersonBoxes(write_coco(tmp_path, images=images), tmp_path / "val",
+                                keypoints_lib.COCO)
+  # Person 10 is on the ambiguous id 1; 12 (image 2) stays; 11 (crowd) and 13 are filtered.
+  assert [r.annotation_id for r in source.records] == [12]
+  [fault] = source.scan.skipped
+  assert (fault.kind, fault.entry, fault.persons) == ("duplicate_image_id", "images[2] (id 1)", 1)
+  assert "repeats the id of images[0] (id 1)" in fault.message
+  assert dict(source.scan.filtered) == {"crowd": 1, "no_labelled_keypoints": 1}

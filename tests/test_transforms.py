@@ -8,7 +8,6 @@ from jaxpose.data import coco
 from jaxpose.data import keypoints as keypoints_lib
 from jaxpose.data import pipeline
 from jaxpose.data import transforms
-from jaxpose.errors import DatasetError
 from test_coco_reader import write_coco
 
 SPEC = keypoints_lib.COCO
@@ -71,11 +70,12 @@ def test_half_body_selects_a_body_half():
   assert out["scale_wh"][0] / out["scale_wh"][1] == pytest.approx(48 / 64)
 
 
-def test_corrupt_image_is_named(tmp_path):
+def test_corrupt_image_is_skipped_not_raised(tmp_path):
   path = tmp_path / "broken.jpg"
   path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-  with pytest.raises(DatasetError, match="broken.jpg: cannot read image"):
-    transforms.DecodeImage().map(dict(image_path=str(path)))
+  record = transforms.DecodeImage().map(dict(image_path=str(path), image_id=3))
+  assert record["skipped"] == 1
+  assert record["image"].dtype == np.uint8 and record["image"].shape[-1] == 3
 
 
 def _smoke_config(read_threads):
@@ -104,12 +104,16 @@ def test_worker_processes_give_the_same_batches_as_threads(tmp_path):
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags; jaxpose.launch parses them
   source = coco.CocoPersonBoxes(write_coco(tmp_path), tmp_path / "val", SPEC)
+  # One image truncated: its samples are skipped, and the flags must agree as well.
+  broken = tmp_path / "val" / "b.jpg"
+  broken.write_bytes(broken.read_bytes()[:-2])
   streams = []
   for workers in (0, 2):
     config = _smoke_config(read_threads=1)
     config.input.num_workers = workers
     iterator = iter(pipeline.train_dataset(config, source, local_batch_size=2))
     streams.append([next(iterator) for _ in range(3)])
+  assert sum(batch["skipped"].sum() for batch in streams[0]) == 3  # record 12 in each of 3 epochs
   for a, b in zip(*streams):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])

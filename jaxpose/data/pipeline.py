@@ -12,17 +12,22 @@ from pathlib import Path
 import grain
 import jax
 import ml_collections
+import numpy as np
 
 from jaxpose.data import coco
+from jaxpose.data import faults
 from jaxpose.data import keypoints as keypoints_lib
 from jaxpose.data import synthetic
+from jaxpose.data import tfds_source
 from jaxpose.data import transforms
 from jaxpose.errors import UserError
 
 HEATMAP_STRIDE = 4  # SimpleBaseline/HRNet heads predict at 1/4 of the input resolution
 
-TRAIN_KEYS = ("image", "heatmaps", "target_weight")
-EVAL_KEYS = ("image", "center_xy", "scale_wh", "image_id", "annotation_id")
+# `skipped`: 1 for a sample whose image could not be used (zero target weight; see
+# `transforms.DecodeImage`); the train step sums it into `skipped_samples`.
+TRAIN_KEYS = ("image", "heatmaps", "target_weight", "skipped")
+EVAL_KEYS = ("image", "center_xy", "scale_wh", "record_index", "skipped")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +59,20 @@ def split_files(data_config: ml_collections.ConfigDict, split: str) -> SplitFile
 
 
 def open_split(config: ml_collections.ConfigDict, split: str) -> coco.CocoPersonBoxes:
+  spec = keypoints_lib.get_spec(config.data.keypoints)
+  if config.data.source == "tfds":
+    # Made by `python -m jaxpose.data.prepare`; records equal the raw reader's (+ image_bytes).
+    return tfds_source.TfdsSource(config.data.tfds_dir, split, spec)
+  files = split_files(config.data, split)
+  return coco.CocoPersonBoxes(files.annotation_file, files.image_dir, spec)
+
+
+def scan_split(config: ml_collections.ConfigDict, split: str) -> faults.AnnotationScan:
+  """Every annotation problem of a split, collected without raising (for
+  `python -m jaxpose.data.check`); `open_split` runs the same checks."""
   files = split_files(config.data, split)
   spec = keypoints_lib.get_spec(config.data.keypoints)
-  return coco.CocoPersonBoxes(files.annotation_file, files.image_dir, spec)
+  return coco.scan_annotations(files.annotation_file, files.image_dir, spec)
 
 
 def input_and_heatmap_wh(config: ml_collections.ConfigDict) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -71,13 +87,19 @@ def _read_options(config) -> grain.ReadOptions:
 
 def train_dataset(config: ml_collections.ConfigDict, source: coco.CocoPersonBoxes,
                   local_batch_size: int) -> grain.IterDataset:
-  """An endless, augmented, batched train stream for this process's shard of `source`."""
+  """An endless, augmented, batched train stream: this process's rows of each global batch.
+
+  Every process walks the same shuffled, augmented stream (a random-access MapDataset, so
+  nothing is decoded twice) and takes every `process_count`-th local batch of it: process p
+  reads rows [p*b, (p+1)*b) of each global batch. Global batches, and so training, are the
+  same for any number of processes with the same global batch size.
+  """
   input_wh, heatmap_wh = input_and_heatmap_wh(config)
   spec, aug = source.spec, config.augment
-  ds = grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
-  if len(ds) < local_batch_size:
-    raise UserError(f"{source.annotation_file}: {len(ds)} persons on this host, fewer than "
-                    f"the per-host batch size {local_batch_size}")
+  ds = grain.MapDataset.source(source)
+  if len(ds) < local_batch_size * jax.process_count():
+    raise UserError(f"{source.annotation_file}: {len(ds)} persons, fewer than the global "
+                    f"batch size {local_batch_size * jax.process_count()}")
   # Shuffle gets its own seed, and before repeat so each epoch is a fresh permutation.
   ds = ds.shuffle(seed=config.seed).repeat().seed(config.seed + 1)
   ds = ds.map(transforms.DecodeImage())
@@ -92,25 +114,66 @@ def train_dataset(config: ml_collections.ConfigDict, source: coco.CocoPersonBoxe
     ds = ds.random_map(transforms.RandomFlip(tuple(int(i) for i in spec.flip_index)))
   ds = ds.map(transforms.AffineCrop(input_wh))
   ds = ds.map(transforms.EncodeHeatmaps(input_wh, heatmap_wh, config.input.heatmap_sigma))
+  ds = ds.map(transforms.MaskSkipped())
   ds = ds.map(transforms.KeepKeys(TRAIN_KEYS))
-  ds = ds.batch(local_batch_size, drop_remainder=True)
+  ds = ds.batch(local_batch_size, drop_remainder=True)[jax.process_index()::jax.process_count()]
   iter_ds = ds.to_iter_dataset(_read_options(config))
   if config.input.num_workers > 0:
     iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.input.num_workers))
   return iter_ds
 
 
-def eval_dataset(config: ml_collections.ConfigDict, source: coco.CocoPersonBoxes,
-                 batch_size: int) -> grain.IterDataset:
-  """Every person of `source` once, in order, centre-cropped without augmentation.
+class PaddedToBatches:
+  """`source` padded to `length` records by repeating its last one, each record carrying its
+  `record_index` (-1 on padding), so every process runs the same number of full batches."""
 
-  The last batch may be short; the evaluator pads it to the compiled batch size.
+  def __init__(self, source, length: int):
+    self.source, self.length = source, length
+
+  def __len__(self) -> int:
+    return self.length
+
+  def __getitem__(self, index: int) -> dict:
+    real = index < len(self.source)
+    record = self.source[index if real else len(self.source) - 1]
+    return {**record, "record_index": np.int32(index if real else -1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class PyramidCrop(grain.transforms.Map):
+  """Multi-scale testing: `image` becomes [S, H, W, 3], crop s covering `scale_wh *
+  scale_factors[s]` around `center_xy` (each as `transforms.AffineCrop`); `center_xy` and
+  `scale_wh` keep the base crop, the frame the predictions are mapped back from."""
+  input_wh: tuple[int, int]
+  scale_factors: tuple[float, ...]
+
+  def map(self, record: dict) -> dict:
+    crop = transforms.AffineCrop(self.input_wh)
+    images = [crop.map({**record, "scale_wh": record["scale_wh"] * np.float32(s)})["image"]
+              for s in self.scale_factors]
+    return {**record, "image": np.stack(images)}
+
+
+def eval_dataset(config: ml_collections.ConfigDict, source: coco.CocoPersonBoxes,
+                 global_batch_size: int, crop_scales: tuple[float, ...] = ()) -> grain.IterDataset:
+  """Every person of `source` once, in order, centre-cropped without augmentation: this
+  process's rows of each global batch (as `train_dataset` splits them).
+
+  The record list is padded to whole global batches; padded rows have `record_index` -1 and
+  are dropped after the predictions are gathered. With `crop_scales` (multi-scale testing)
+  `image` is [S, H, W, 3] per person (`PyramidCrop`).
   """
   input_wh, _ = input_and_heatmap_wh(config)
-  ds = grain.MapDataset.source(source)
+  num_batches = -(-len(source) // global_batch_size)
+  ds = grain.MapDataset.source(PaddedToBatches(source, num_batches * global_batch_size))
   ds = ds.map(transforms.DecodeImage())
   ds = ds.map(transforms.BoxToCenterScale(input_wh, config.augment.box_padding))
-  ds = ds.map(transforms.AffineCrop(input_wh))
+  if crop_scales:
+    ds = ds.map(PyramidCrop(input_wh, tuple(float(s) for s in crop_scales)))
+  else:
+    ds = ds.map(transforms.AffineCrop(input_wh))
+  ds = ds.map(transforms.MaskSkipped())
   ds = ds.map(transforms.KeepKeys(EVAL_KEYS))
-  ds = ds.batch(batch_size, drop_remainder=False)
+  local_batch_size = global_batch_size // jax.process_count()
+  ds = ds.batch(local_batch_size)[jax.process_index()::jax.process_count()]
   return ds.to_iter_dataset(_read_options(config))

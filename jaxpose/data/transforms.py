@@ -5,7 +5,8 @@ Every transform is a frozen dataclass: a `grain.transforms.Map` (deterministic) 
 record index, so augmentation does not depend on worker count or order).
 
 Record keys (produced by `CocoPersonBoxes`): `image_path`, `image_id`, `annotation_id`,
-`box_xywh` [4], `keypoints` [K, 3] (x, y, v; image pixels), `area`. Coordinates are x before
+`box_xywh` [4], `keypoints` [K, 3] (x, y, v; image pixels), `area`, `image_wh` [2] (the
+annotated size; optional for readers whose format has none). Coordinates are x before
 y, in pixels; `scale_wh` is the (width, height) in source pixels of the region cropped to
 the network input (HRNet's `scale * 200`).
 """
@@ -18,7 +19,8 @@ import numpy as np
 
 from jaxpose import geometry
 from jaxpose.codecs import heatmap as heatmap_codec
-from jaxpose.errors import DatasetError
+from jaxpose.data import faults
+from jaxpose.data import image_io
 
 # grain already decodes and warps records in parallel threads (or worker processes); cv2's
 # own thread pool on top oversubscribes the cores the jitted step needs (measured on 2 cores:
@@ -29,16 +31,53 @@ cv2.setNumThreads(0)
 _UPPER_BODY_PROBABILITY = 0.6914624612740131
 
 
+# Samples whose image failed get mid-grey pixels: close to the ImageNet mean, so they are
+# near zero after normalisation and barely move BatchNorm statistics.
+_SKIPPED_FILL = 128
+_warn_once = faults.WarnOnce()
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeImage(grain.transforms.Map):
-  """Reads `image_path` into `image`: uint8 [H, W, 3] RGB."""
+  """Reads `image_path`, or decodes `image_bytes` when present (and drops it), into
+  `image`: uint8 [H, W, 3] RGB (checked against `image_wh` when present), and `skipped`:
+  int32 0, or 1 if the image is unusable (`image_io.read_image` / `decode_image`).
+
+  An unusable file does not raise (that would end a long run): the record keeps its slot
+  with a 1x1 placeholder image, `MaskSkipped` blanks it after the crop, and the file is
+  warned about once per process.
+  """
 
   def map(self, record: dict) -> dict:
     path = record["image_path"]
-    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-      raise DatasetError(f"{path}: cannot read image (missing, truncated or not an image)")
-    return {**record, "image": cv2.cvtColor(image, cv2.COLOR_BGR2RGB)}
+    expected_wh = tuple(record["image_wh"]) if "image_wh" in record else None
+    if "image_bytes" in record:  # a prepared TFDS record (`tfds_source.TfdsSource`)
+      image, problem = image_io.decode_image(record["image_bytes"], expected_wh)
+      record = {k: v for k, v in record.items() if k != "image_bytes"}  # not carried on
+    else:
+      image, problem = image_io.read_image(path, expected_wh)
+    if problem is None:
+      return {**record, "image": image, "skipped": np.int32(0)}
+    _warn_once(faults.Fault(problem[0], path, f"image id {record.get('image_id')}", problem[1]),
+               "its samples are skipped (zero target weight, counted in skipped_samples)")
+    return {**record, "image": np.full((1, 1, 3), _SKIPPED_FILL, np.uint8),
+            "skipped": np.int32(1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskSkipped(grain.transforms.Map):
+  """For a record with `skipped` 1: fills `image` with grey and zeroes `heatmaps` and
+  `target_weight` (when present), so the sample adds nothing to the loss. Other records
+  pass unchanged."""
+
+  def map(self, record: dict) -> dict:
+    if not record["skipped"]:
+      return record
+    masked = {**record, "image": np.full_like(record["image"], _SKIPPED_FILL)}
+    for key in ("heatmaps", "target_weight"):
+      if key in record:
+        masked[key] = np.zeros_like(record[key])
+    return masked
 
 
 @dataclasses.dataclass(frozen=True)
