@@ -17,19 +17,32 @@ def _parse_value(key: str, text: str, default):
         f"config argument {key}={text!r}: expected {type(default).__name__}") from e
 
 
+class OneOf(tuple):
+  """A `parse_arg` default that admits only the listed values; the first is the default."""
+
+
+def one_of(*values) -> OneOf:
+  """E.g. `parse_arg(arg, res=one_of(256, 384))`: `res=300` raises, naming the choices."""
+  return OneOf(values)
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses `k=v,flag` (the text after `:` in `--config file.py:ARGS`) against typed defaults.
 
   A bare name means True. An unknown key raises, listing the known ones, so a typo
-  in a variant name never silently runs the default.
+  in a variant name never silently runs the default; so does a value outside a `one_of`.
   """
-  parsed = dict(defaults)
+  parsed = {key: default[0] if isinstance(default, OneOf) else default
+            for key, default in defaults.items()}
   for item in filter(None, (arg or "").split(",")):
     key, _, text = item.partition("=")
     key = key.strip()
     if key not in defaults:
       raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
-    parsed[key] = _parse_value(key, text.strip(), defaults[key])
+    parsed[key] = _parse_value(key, text.strip(), parsed[key])
+    if isinstance(defaults[key], OneOf) and parsed[key] not in defaults[key]:
+      raise ValueError(f"config argument {key}={text.strip()!r}: expected one of "
+                       f"{list(defaults[key])}")
   return ml_collections.ConfigDict(parsed)
 
 
@@ -80,10 +93,22 @@ def train_loop(log_every_steps: int, checkpoint_every_steps: int, keep_checkpoin
 
 def topdown_eval(batch_size: int, num_visualize: int = 4) -> ml_collections.ConfigDict:
   """The `eval` block with SimpleBaseline/HRNet's test settings: flip test, rescoring with
-  keypoints above 0.2 (`in_vis_thre`), OKS-NMS at 0.9."""
+  keypoints above 0.2 (`in_vis_thre`), OKS-NMS at 0.9.
+
+  person_boxes: "gt" crops the ground-truth persons (HRNet USE_GT_BBOX); a path crops the
+    person boxes of that COCO detection results json (e.g.
+    COCO_val2017_detections_AP_H_56_person.json), keeping those scoring at least
+    `box_score_threshold` (HRNet's IMAGE_THRE, 0.0 in its COCO yamls).
+  multi_scale: () for one crop; else the crop scale factors of an image pyramid whose heatmaps
+    are averaged (e.g. (0.8, 1.0, 1.2)); (1.0,) equals ().
+  decode: "quarter" (HRNet's quarter-pixel shift) or "dark" (DARK's Taylor refinement, its
+    blur kernel from `input.heatmap_sigma`).
+  """
   return ml_collections.ConfigDict(dict(batch_size=batch_size, flip_test=True,
                                         keypoint_score_threshold=0.2, oks_nms_threshold=0.9,
-                                        num_visualize=num_visualize))
+                                        num_visualize=num_visualize, person_boxes="gt",
+                                        box_score_threshold=0.0, multi_scale=(),
+                                        decode="quarter"))
 
 
 def adam_step_schedule(base_lr: float, base_batch_size: int, decay_factor: float = 0.1):
@@ -97,4 +122,48 @@ def adam_step_schedule(base_lr: float, base_batch_size: int, decay_factor: float
       decay_steps=placeholder(tuple),
       decay_epochs=placeholder(tuple),
       warmup_steps=0,
+      # A gradient with a NaN or Inf stops training (naming the step and the last good
+      # checkpoint); True instead skips that update and counts it in metrics.jsonl
+      # (`nonfinite_updates_skipped`), stopping only after this many skips in a row.
+      skip_nonfinite_updates=False,
+      max_consecutive_nonfinite_updates=5,
   ))
+
+
+def schema() -> dict:
+  """Every key a config holds and its type; `jaxpose.config_check` checks configs against it.
+
+  Leaves are types: `int` (not bool), `float` (an int will do), `bool`, `str`, `tuple`
+  (a tuple or list of any length), `tuple[int, int]`, `dict` (free keys: `model.options` is
+  checked against the model's own fields), and `X | None` for a placeholder that may stay
+  unset. The blocks built by the functions above bring their own keys and types, so a key
+  added there is known here; `model`, `data` and `input`, which each config writes out, are
+  declared here.
+  """
+  return dict(
+      seed=int,
+      model=dict(name=str, dtype=str, options=dict, **_types_of(pretrained_init())),
+      data=dict(
+          source=str, keypoints=str, root=str, tfds_dir=str, train_split=str, val_split=str,
+          synthetic=dict(num_train_images=int, num_val_images=int, image_size=int, seed=int,
+                         cache_dir=str)),
+      input=dict(size_hw=tuple[int, int], heatmap_sigma=float, batch_size=int,
+                 num_workers=int, read_threads=int, prefetch_batches=int),
+      augment=_types_of(topdown_augmentation()),
+      optim=_types_of(adam_step_schedule(base_lr=1.0, base_batch_size=1)),
+      train=_types_of(train_loop(log_every_steps=1, checkpoint_every_steps=1)),
+      eval=_types_of(topdown_eval(batch_size=1)),
+  )
+
+
+def _types_of(block) -> dict:
+  """Key -> type of a block's fields; a placeholder (None until set) keeps its declared type."""
+  block = ml_collections.ConfigDict(block)
+  types = {}
+  for key, value in block.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      types[key] = _types_of(value)
+    else:
+      kind = block.get_type(key)
+      types[key] = kind | None if value is None else kind
+  return types

@@ -37,6 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       source="synthetic",
       keypoints="coco",
       root="",  # source="coco": the folder holding annotations/ and the image folders
+      tfds_dir="",  # source="tfds": the --dst of `python -m jaxpose.data.prepare`
       train_split="train",
       val_split="val",
       synthetic=dict(

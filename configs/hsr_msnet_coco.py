@@ -28,8 +28,8 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = common.parse_arg(arg, depth=59, msnet=True, res=256, deconv_kernel=4, baseline=False,
-                         smoke=False)
+  arg = common.parse_arg(arg, depth=59, msnet=True, res=common.one_of(256, 384),
+                         deconv_kernel=4, baseline=False, smoke=False)
   c = ml_collections.ConfigDict()
   c.seed = 0
 
@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       source="synthetic" if arg.smoke else "coco",
       keypoints="coco",
       root="",
+      tfds_dir="",  # source="tfds": the --dst of `python -m jaxpose.data.prepare`
       train_split="train" if arg.smoke else "train2017",
       val_split="val" if arg.smoke else "val2017",
       synthetic=dict(num_train_images=64, num_val_images=8, image_size=256, seed=0,

@@ -1,0 +1,357 @@
+"""Checks a config before anything compiles: unknown keys, wrong types, impossible values.
+
+`validate(config)` runs first in `train.run`. Each problem is a `UserError` of one line that
+names the key, so a typo inside a config file (`c.input.batchsize`, which `lock_config`
+cannot catch because the file itself created the key) fails in a second, not after the
+dataset has opened or the step has compiled.
+
+What is checked, and against what (nothing is a hand-copied list per config):
+  keys and types    `configs.common.schema()`, built from the shared config blocks;
+  model.options     the fields of the flax module the preset builds (and their annotations);
+  names             the registries: `models.MODELS`/`KINDS`, `optim.OPTIMIZERS`,
+                    `keypoints.SPECS`, `_DATA_SOURCES`;
+  values            `_RANGES` (probabilities in [0, 1], positive sizes, ...), finite floats;
+  combinations      one of total_steps/total_epochs, decay boundaries increasing and inside
+                    the run, batch sizes divisible by the device and process counts, and the
+                    model's heatmaps (shapes from `jax.eval_shape`: traced, never compiled)
+                    at the size the pipeline renders targets, input / HEATMAP_STRIDE.
+"""
+
+import dataclasses
+import difflib
+import functools
+import math
+import numbers
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from configs import common
+from jaxpose import models
+from jaxpose import optim
+from jaxpose.codecs import heatmap as heatmap_codec
+from jaxpose.data import keypoints as keypoints_lib
+from jaxpose.data import pipeline
+from jaxpose.errors import UserError
+
+# The sources `pipeline.split_files` opens.
+_DATA_SOURCES = ("coco", "synthetic", "tfds")
+# Module fields the trainer fills from other keys, so `model.options` may not set them.
+_FIELDS_FROM_CONFIG = {"num_keypoints": "data.keypoints", "dtype": "model.dtype"}
+_FLAX_FIELDS = ("parent", "name")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """Allowed values of a number: low <= x (low < x if low_open) and x <= high."""
+  low: float = -math.inf
+  high: float = math.inf
+  low_open: bool = False
+
+  def __contains__(self, value) -> bool:
+    above = value > self.low if self.low_open else value >= self.low
+    return above and value <= self.high
+
+  def __str__(self) -> str:
+    if self.high == math.inf:
+      return f"{'>' if self.low_open else '>='} {self.low:g}"
+    return f"in [{self.low:g}, {self.high:g}]"
+
+
+_POSITIVE, _AT_LEAST_1, _NON_NEGATIVE, _PROBABILITY = (
+    Range(0, low_open=True), Range(1), Range(0), Range(0, 1))
+# Ranges of the numeric keys of `common.schema()` that have one (others: any finite value).
+_RANGES = {
+    "seed": _NON_NEGATIVE,
+    "data.synthetic.num_train_images": _AT_LEAST_1,
+    "data.synthetic.num_val_images": _AT_LEAST_1,
+    "data.synthetic.image_size": _AT_LEAST_1,
+    "data.synthetic.seed": _NON_NEGATIVE,
+    "input.size_hw": _AT_LEAST_1,
+    "input.heatmap_sigma": _POSITIVE,
+    "input.batch_size": _AT_LEAST_1,
+    "input.num_workers": _NON_NEGATIVE,
+    "input.read_threads": _AT_LEAST_1,
+    "input.prefetch_batches": _NON_NEGATIVE,
+    "augment.scale_factor": _NON_NEGATIVE,
+    "augment.rotation_factor": _NON_NEGATIVE,
+    "augment.rotation_prob": _PROBABILITY,
+    "augment.half_body_prob": _PROBABILITY,
+    "augment.half_body_min_joints": _NON_NEGATIVE,
+    "augment.box_padding": _POSITIVE,
+    "optim.base_lr": _POSITIVE,
+    "optim.base_batch_size": _AT_LEAST_1,
+    "optim.decay_factor": _POSITIVE,
+    "optim.warmup_steps": _NON_NEGATIVE,
+    "optim.max_consecutive_nonfinite_updates": _AT_LEAST_1,
+    "train.total_steps": _AT_LEAST_1,
+    "train.total_epochs": _POSITIVE,
+    "train.log_every_steps": _AT_LEAST_1,
+    "train.checkpoint_every_steps": _AT_LEAST_1,
+    "train.keep_checkpoints": _AT_LEAST_1,
+    "eval.batch_size": _AT_LEAST_1,
+    "eval.keypoint_score_threshold": _PROBABILITY,
+    "eval.oks_nms_threshold": _PROBABILITY,
+    "eval.num_visualize": _NON_NEGATIVE,
+    "eval.box_score_threshold": _PROBABILITY,
+    "eval.multi_scale": _POSITIVE,
+}
+
+
+def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None,
+             process_count: int | None = None) -> None:
+  """Raises UserError naming the first bad key of `config`; returns None if it can run.
+
+  device_count, process_count: default to this runtime's (`jax.device_count()`, ...).
+  """
+  _check_block(config, common.schema(), "")
+  for key, allowed in _RANGES.items():
+    _check_range(key, _lookup(config, key), allowed)
+  _check_names(config)
+  _check_schedule(config.train, config.optim)
+  device_count = jax.device_count() if device_count is None else device_count
+  process_count = jax.process_count() if process_count is None else process_count
+  for block in ("input", "eval"):
+    size = config[block].batch_size
+    for count, what in ((device_count, "devices"), (process_count, "processes")):
+      if size % count:
+        raise UserError(f"config key {block}.batch_size: {size} is not divisible by the "
+                        f"{count} {what}")
+  if config.data.source == "coco" and not config.data.root:
+    raise UserError("config key data.root: empty; data.source 'coco' reads "
+                    "<root>/annotations/person_keypoints_<split>.json")
+  if config.data.source == "tfds" and not config.data.tfds_dir:
+    raise UserError("config key data.tfds_dir: empty; data.source 'tfds' reads the --dst "
+                    "folder of `python -m jaxpose.data.prepare`")
+  _check_model_options(config.model)
+  _check_heatmap_shape(config)
+
+
+def _show(value: Any) -> str:
+  """A value as one short line for a message."""
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  text = " ".join(repr(value).split())
+  return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _lookup(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
+# ----------------------------------------------------------------------------- keys, types
+
+
+def _check_block(block: Any, schema: dict, prefix: str) -> None:
+  if not isinstance(block, (ml_collections.ConfigDict, Mapping)):
+    raise UserError(f"config key {prefix.rstrip('.') or '(root)'}: {_show(block)} is not a "
+                    f"block of keys {sorted(schema)}")
+  for key in block.keys():
+    if key not in schema:
+      near = difflib.get_close_matches(str(key), list(schema), n=1)
+      hint = f"; did you mean {near[0]!r}?" if near else f"; known: {sorted(schema)}"
+      raise UserError(f"config key {prefix}{key}: unknown key{hint}")
+  for key, kind in schema.items():
+    if key not in block:
+      raise UserError(f"config key {prefix}{key}: missing (declared in configs/common.py "
+                      "schema())")
+    if isinstance(kind, dict):
+      _check_block(block[key], kind, f"{prefix}{key}.")
+    elif not _matches(block[key], kind):
+      raise UserError(f"config key {prefix}{key}: {_show(block[key])} is not "
+                      f"{_describe(kind)}")
+
+
+def _matches(value: Any, kind: Any) -> bool:
+  """Whether `value` is of `kind`, a schema leaf or a module field annotation we can read
+  (annotations we cannot read match anything; building the model checks them)."""
+  origin, args = typing.get_origin(kind), typing.get_args(kind)
+  if origin in (typing.Union, types.UnionType):
+    return any(_matches(value, arg) for arg in args)
+  if kind is type(None):
+    return value is None
+  if kind is bool:
+    return isinstance(value, bool)
+  if kind is int:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+  if kind is float:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+  if kind is str:
+    return isinstance(value, str)
+  if kind is dict:
+    return isinstance(value, (ml_collections.ConfigDict, Mapping))
+  if kind is tuple or origin in (tuple, Sequence):
+    if not isinstance(value, (tuple, list)):
+      return False
+    if not args or args[-1] is Ellipsis or origin is Sequence:
+      return all(_matches(v, args[0]) for v in value) if args else True
+    return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+  return True
+
+
+def _describe(kind: Any) -> str:
+  if typing.get_origin(kind) in (typing.Union, types.UnionType):
+    return " or ".join(_describe(arg) for arg in typing.get_args(kind))
+  if kind is type(None):
+    return "None"
+  if kind is tuple:
+    return "a tuple"
+  if kind is dict:
+    return "a block of keys"
+  name = kind.__name__ if isinstance(kind, type) else str(kind).replace("typing.", "")
+  return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _check_range(key: str, value: Any, allowed: Range) -> None:
+  for number in value if isinstance(value, (tuple, list)) else (value,):
+    if number is None:
+      continue
+    if isinstance(number, float) and not math.isfinite(number):
+      raise UserError(f"config key {key}: {_show(value)} is not a finite number")
+    if number not in allowed:
+      raise UserError(f"config key {key}: {_show(value)} must be {allowed}")
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def _check_name(key: str, value: str, known) -> None:
+  if value not in known:
+    raise UserError(f"config key {key}: unknown {value!r}; known: {sorted(known)}")
+
+
+def _check_names(config: ml_collections.ConfigDict) -> None:
+  _check_name("data.keypoints", config.data.keypoints, keypoints_lib.SPECS)
+  _check_name("data.source", config.data.source, _DATA_SOURCES)
+  _check_name("optim.name", config.optim.name, optim.OPTIMIZERS)
+  _check_name("eval.decode", config.eval.decode, heatmap_codec.DECODERS)
+  # "gt" or a detection results json; checked now, not after training, when evaluation opens it.
+  if config.eval.person_boxes != "gt" and not os.path.isfile(
+      os.path.expanduser(config.eval.person_boxes)):
+    raise UserError(f"config key eval.person_boxes: {config.eval.person_boxes!r} is neither 'gt' "
+                    "nor an existing detection results json")
+  _check_name("model.name", config.model.name, models.MODELS)
+  kind = models.KINDS[config.model.name]
+  if kind != "topdown":
+    trainable = sorted(name for name, k in models.KINDS.items() if k == "topdown")
+    raise UserError(f"config key model.name: {config.model.name!r} is a {kind} model; this "
+                    f"trainer trains top-down heatmap models: {trainable}")
+  try:
+    dtype = jnp.dtype(config.model.dtype)
+  except (TypeError, ValueError):
+    dtype = None
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    raise UserError(f"config key model.dtype: {config.model.dtype!r} is not a floating "
+                    "dtype (float32, bfloat16, float16)")
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def _check_schedule(train: ml_collections.ConfigDict, optim_block: ml_collections.ConfigDict
+                    ) -> None:
+  """One duration; decay boundaries increasing, in (0, total) when in the same unit."""
+  if (train.total_steps is None) == (train.total_epochs is None):
+    raise UserError("config keys train.total_steps / train.total_epochs: set exactly one")
+  if optim_block.decay_steps is not None and optim_block.decay_epochs is not None:
+    raise UserError("config keys optim.decay_steps / optim.decay_epochs: set at most one")
+  for unit, total, kind in (("steps", train.total_steps, int),
+                            ("epochs", train.total_epochs, float)):
+    key, boundaries = f"optim.decay_{unit}", optim_block[f"decay_{unit}"]
+    if boundaries is None:
+      continue
+    if not all(_matches(b, kind) for b in boundaries):
+      raise UserError(f"config key {key}: {_show(boundaries)} is not a tuple of {kind.__name__}s")
+    _check_range(key, boundaries, _POSITIVE)
+    if any(b >= a for a, b in zip(boundaries[1:], boundaries)):
+      raise UserError(f"config key {key}: {_show(boundaries)} is not strictly increasing")
+    if total is not None and boundaries and boundaries[-1] >= total:
+      # Not an error: a shortened run (`--config.train.total_steps=N` for a first look)
+      # keeps the recipe's boundaries, and a boundary past the end only never fires.
+      logging.warning("config key %s: boundary %s is not before the end of training "
+                      "(train.total_%s = %s), so it never decays the lr", key, boundaries[-1],
+                      unit, total)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def _module_class(name: str) -> type:
+  constructor = models.MODELS[name]
+  return constructor.func if isinstance(constructor, functools.partial) else constructor
+
+
+def _check_model_options(model: ml_collections.ConfigDict) -> None:
+  """Each option is a field of the preset's flax module, of the field's annotated type."""
+  cls = _module_class(model.name)
+  fields = {f.name for f in dataclasses.fields(cls)} - set(_FLAX_FIELDS)
+  try:
+    hints = typing.get_type_hints(cls)
+  except (NameError, TypeError):  # an annotation we cannot resolve: names only
+    hints = {}
+  for key, value in model.options.items():
+    where = f"config key model.options.{key}"
+    if key in _FIELDS_FROM_CONFIG:
+      raise UserError(f"{where}: set by {_FIELDS_FROM_CONFIG[key]}, not by model.options")
+    if key not in fields:
+      near = difflib.get_close_matches(str(key), sorted(fields - set(_FIELDS_FROM_CONFIG)), n=1)
+      hint = f"did you mean {near[0]!r}?" if near else f"fields: {sorted(fields)}"
+      raise UserError(f"{where}: {cls.__name__} ({model.name}) has no such field; {hint}")
+    if key in hints and not _matches(value, hints[key]):
+      raise UserError(f"{where}: {_show(value)} is not {_describe(hints[key])}")
+
+
+def _freeze(value: Any) -> Any:
+  """A hashable copy of option values (lists -> tuples), for the shape cache."""
+  if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple (hrnet.StageSpec)
+    return type(value)(*(_freeze(v) for v in value))
+  if isinstance(value, (list, tuple)):
+    return tuple(_freeze(v) for v in value)
+  if isinstance(value, (ml_collections.ConfigDict, Mapping)):
+    return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+  return value
+
+
+@functools.lru_cache(maxsize=16)
+def _heatmap_shape(name: str, options: tuple, dtype: str, num_keypoints: int,
+                   size_hw: tuple[int, int]) -> tuple[int, ...]:
+  """The model's heatmap shape for one [1, H, W, 3] image: traced by eval_shape, not compiled."""
+  model = models.build(name, num_keypoints=num_keypoints, dtype=jnp.dtype(dtype), **dict(options))
+  init = functools.partial(model.init_with_output, train=False)
+  (heatmaps, _), _ = jax.eval_shape(init, jax.random.key(0),
+                                    jax.ShapeDtypeStruct((1, *size_hw, 3), jnp.float32))
+  return tuple(heatmaps.shape)
+
+
+def _check_heatmap_shape(config: ml_collections.ConfigDict) -> None:
+  """The model's heatmaps ([1, h, w, K] or [1, S, h, w, K]) must have the size the pipeline
+  renders its targets at; a model that refuses the input size says why."""
+  size_hw = tuple(int(s) for s in config.input.size_hw)
+  num_keypoints = keypoints_lib.get_spec(config.data.keypoints).num_keypoints
+  options = tuple(sorted((k, _freeze(v)) for k, v in config.model.options.items()))
+  try:
+    shape = _heatmap_shape(config.model.name, options, config.model.dtype, num_keypoints, size_hw)
+  except Exception as error:  # pylint: disable=broad-except
+    # The presets build and run at every config's size (tests/test_configs.py), so what
+    # fails here is the size or the options: a model refusing H, W not divisible by its
+    # stride raises ValueError; a nonsensical option may raise anything.
+    first_line = (str(error).splitlines() or [""])[0][:200]
+    raise UserError(f"config keys input.size_hw / model.options: {config.model.name} with "
+                    f"options {_show(config.model.options)} cannot take {size_hw} inputs: "
+                    f"{type(error).__name__}: {first_line}") from None
+  _, (heatmap_w, heatmap_h) = pipeline.input_and_heatmap_wh(config)
+  if shape[-3:-1] != (heatmap_h, heatmap_w):
+    raise UserError(
+        f"config keys input.size_hw / model.options: {config.model.name} gives "
+        f"{shape[-3]}x{shape[-2]} heatmaps for {size_hw[0]}x{size_hw[1]} inputs (output stride "
+        f"{size_hw[0] / shape[-3]:g}), but the targets are rendered at input / "
+        f"{pipeline.HEATMAP_STRIDE} = {heatmap_h}x{heatmap_w}")
