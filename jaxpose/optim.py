@@ -1,5 +1,7 @@
 """Optimiser and learning-rate schedule from the config's intent (optax)."""
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -42,7 +44,31 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, global_batch_size:
 
 def build_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
                     ) -> optax.GradientTransformation:
-  name = config.optim.name
-  if name not in OPTIMIZERS:
-    raise UserError(f"config key optim.name: unknown optimiser {name!r}; known: {sorted(OPTIMIZERS)}")
-  return OPTIMIZERS[name](learning_rate=schedule)
+  """The named optimiser; with `optim.skip_nonfinite_updates`, wrapped in
+  `optax.apply_if_finite`, which drops an update whose gradients hold a NaN or Inf (params
+  and moments stay as they were; the schedule's count does not advance) up to
+  `optim.max_consecutive_nonfinite_updates` times in a row, then applies it."""
+  optim = config.optim
+  if optim.name not in OPTIMIZERS:
+    raise UserError(f"config key optim.name: unknown optimiser {optim.name!r}; "
+                    f"known: {sorted(OPTIMIZERS)}")
+  tx = OPTIMIZERS[optim.name](learning_rate=schedule)
+  if not optim.skip_nonfinite_updates:
+    return tx
+  if optim.max_consecutive_nonfinite_updates < 1:
+    raise UserError(f"config key optim.max_consecutive_nonfinite_updates: "
+                    f"{optim.max_consecutive_nonfinite_updates} skips nothing; use >= 1, or "
+                    f"optim.skip_nonfinite_updates=False")
+  return optax.apply_if_finite(tx, max_consecutive_errors=optim.max_consecutive_nonfinite_updates)
+
+
+def nonfinite_streak(opt_state: optax.OptState) -> jax.Array:
+  """Consecutive non-finite updates up to and including the last one (int32 scalar): 0 after
+  a finite update, and always 0 unless the optimiser skips non-finite updates.
+
+  An update with a streak in [1, max_consecutive_nonfinite_updates] was skipped; a larger
+  streak means `optax.apply_if_finite` gave up and applied it.
+  """
+  if isinstance(opt_state, optax.ApplyIfFiniteState):
+    return opt_state.notfinite_count
+  return jnp.zeros((), jnp.int32)

@@ -4,6 +4,7 @@ Everything the step carries lives in `TrainState`; metrics leave as sums and cou
 host can average them exactly over any number of steps or devices.
 """
 
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import flax
@@ -12,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxpose import optim
 from jaxpose.codecs import heatmap as heatmap_codec
 
 # ImageNet statistics in RGB order, as torchvision and the official pose code normalise.
@@ -68,6 +70,19 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
                     batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
 
 
+def apply_gradients(state: TrainState, grads, batch_stats, tx: optax.GradientTransformation
+                    ) -> tuple[TrainState, jax.Array]:
+  """The optimiser update of every train step; returns the new state and the optimiser's
+  count of non-finite updates skipped in a row (0 unless optim.skip_nonfinite_updates)."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  # A skipped non-finite update also keeps the BatchNorm statistics of the batch that caused it.
+  streak = optim.nonfinite_streak(opt_state)
+  batch_stats = jax.tree.map(lambda old, new: jnp.where(streak > 0, old, new),
+                             state.batch_stats, batch_stats)
+  return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                    batch_stats=batch_stats, opt_state=opt_state), streak
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation
                     ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
   """Returns `train_step(state, batch, rng) -> (state, metrics)` for `model` and optimiser `tx`."""
@@ -84,41 +99,68 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation
       return per_sample.mean(), (per_sample, updates["batch_stats"])
 
     grads, (per_sample, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                           batch_stats=batch_stats, opt_state=opt_state)
+    new_state, streak = apply_gradients(state, grads, batch_stats, tx)
     metrics = dict(
         loss_sum=per_sample.sum(),
         num_samples=jnp.asarray(per_sample.shape[0], jnp.float32),
         labelled_joints=(batch["target_weight"] > 0).sum().astype(jnp.float32),
         grad_norm=optax.tree.norm(grads),
+        nonfinite_streak=streak.astype(jnp.float32),
         # A cheap digest of what the step consumed: equal across runs iff the batches are.
         data_fingerprint=batch["image"].astype(jnp.float32).sum() + batch["heatmaps"].sum(),
+        # Samples whose image could not be used (zero target weight; jaxpose.data.faults).
+        # Batches built by hand (bench, tests) carry no flags and skip nothing.
+        skipped_samples=(batch["skipped"].sum().astype(jnp.float32) if "skipped" in batch
+                         else jnp.zeros((), jnp.float32)),
     )
     return new_state, metrics
 
   return train_step
 
 
-def make_predict_step(model: nn.Module, flip_index: jax.Array | None
-                      ) -> Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]:
-  """Returns `predict_step(variables, images_uint8) -> (xy, scores)`.
+def make_predict_step(
+    model: nn.Module, flip_index: jax.Array | None, *, scales: Sequence[float] = (),
+    decode: str = "quarter", dark_blur_kernel_size: int = 11,
+    shift_flipped_heatmaps: bool = True,
+) -> Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]:
+  """Returns `predict_step(variables, images_uint8) -> (xy, scores)`, the test-time recipe.
 
-  xy: [B, K, 2] heatmap-pixel coordinates after the quarter-pixel refinement; scores: [B, K]
-  heatmap maxima. With `flip_index`, averages with the flipped input's heatmaps flipped back
-  and shifted one pixel, as the official SimpleBaseline/HRNet test does.
+  xy: [B, K, 2] heatmap-pixel coordinates of the (base) crop; scores: [B, K] maxima of the
+  averaged heatmaps. With `flip_index`, each crop's heatmaps are averaged with the flipped
+  input's heatmaps flipped back (shifted one pixel right with `shift_flipped_heatmaps`, HRNet's
+  TEST.SHIFT_HEATMAP). With `scales` (multi-scale testing), `images_uint8` is [B, S, H, W, 3],
+  crop s covering `scale_wh * scales[s]`; each scale's (flip-averaged) heatmaps are resampled
+  onto the base crop's heatmap grid (`heatmap.heatmaps_to_base_crop`) and the S maps averaged.
+  Without `scales`, images are [B, H, W, 3]. `decode`: "quarter" (HRNet's quarter-pixel shift)
+  or "dark" (DARK's Taylor step, `heatmap.refine_dark`) after the argmax.
   """
+  if decode not in heatmap_codec.DECODERS:
+    raise ValueError(f"decode {decode!r}: expected one of {list(heatmap_codec.DECODERS)}")
 
-  def predict_step(variables, images_uint8: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def crop_heatmaps(variables, images_uint8: jax.Array) -> jax.Array:
     images = normalize_images(images_uint8)
     heatmaps, _ = model.apply(variables, images, train=False)
     heatmaps = final_heatmaps(heatmaps).astype(jnp.float32)
-    if flip_index is not None:
-      flipped, _ = model.apply(variables, images[:, :, ::-1], train=False)
-      flipped = final_heatmaps(flipped).astype(jnp.float32)
-      flipped = heatmap_codec.flip_heatmaps_back(flipped, flip_index)
-      heatmaps = 0.5 * (heatmaps + flipped)
+    if flip_index is None:
+      return heatmaps
+    flipped, _ = model.apply(variables, images[:, :, ::-1], train=False)
+    flipped = final_heatmaps(flipped).astype(jnp.float32)
+    flipped = heatmap_codec.flip_heatmaps_back(flipped, flip_index, shift_flipped_heatmaps)
+    return 0.5 * (heatmaps + flipped)
+
+  def predict_step(variables, images_uint8: jax.Array) -> tuple[jax.Array, jax.Array]:
+    if not scales:
+      heatmaps = crop_heatmaps(variables, images_uint8)
+    else:
+      total = None
+      for i, scale in enumerate(scales):
+        resampled = heatmap_codec.heatmaps_to_base_crop(
+            crop_heatmaps(variables, images_uint8[:, i]), scale)
+        total = resampled if total is None else total + resampled
+      heatmaps = total / len(scales)
     xy, scores = heatmap_codec.decode_argmax(heatmaps)
+    if decode == "dark":
+      return heatmap_codec.refine_dark(heatmaps, xy, dark_blur_kernel_size), scores
     return heatmap_codec.refine_quarter_offset(heatmaps, xy), scores
 
   return predict_step
