@@ -24,10 +24,16 @@ _WORKDIR = flags.DEFINE_string(
 _MODE = flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
                           "What to run.")
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0, for multi-process runs "
-    "(jax.distributed); with --num_processes and --process_id.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+    "coordinator_address", None, "host:port of process 0 in a multi-process run "
+    "(jax.distributed), with --num_processes and --process_id; default: $JAX_COORDINATOR_ADDRESS, "
+    "or found by JAX under SLURM, Cloud TPU pods and Open MPI.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run "
+                                      "(default: $JAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process "
+                                   "run (default: $JAX_PROCESS_ID).")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout_seconds", 30, "Multi-process runs: after this long without a process's "
+    "heartbeat the others stop (with the last complete checkpoint named).")
 
 
 def _fail(message: str) -> None:
@@ -85,20 +91,27 @@ def main(argv: list[str], config_flag) -> None:
   if not flags.FLAGS["verbosity"].present:
     # Progress lines are printed; library INFO chatter (orbax, pycocotools) stays hidden.
     logging.set_verbosity(logging.WARNING)
+  config_arg = flags.FLAGS["config"].config_filename
+  workdir = _WORKDIR.value or _default_workdir(config_arg)
+  from jaxpose import distributed  # pylint: disable=g-import-not-at-top
+  try:
+    cluster = distributed.find_cluster(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except ValueError as e:
+    _fail(str(e))
+  if cluster and distributed.SUPERVISED_ENV not in os.environ:
+    distributed.supervise(cluster, workdir)  # runs this command again as its child
   # Before XLA's first allocation: reuse its per-step buffers instead of page-faulting them.
   from jaxpose import host_memory  # pylint: disable=g-import-not-at-top
   host_memory.keep_freed_memory_mapped()
   # Imported after flag parsing, so `--help` and flag errors stay fast.
   import jax  # pylint: disable=g-import-not-at-top
-  if _COORDINATOR.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if cluster:
+    distributed.initialize(cluster, _HEARTBEAT_TIMEOUT.value)
+    print(f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} "
+          f"local of {jax.device_count()} devices ({jax.devices()[0].platform})", flush=True)
   from jaxpose import train  # pylint: disable=g-import-not-at-top
   from jaxpose.errors import Preempted, TrainingDiverged, UserError  # pylint: disable=g-import-not-at-top
 
-  config_arg = flags.FLAGS["config"].config_filename
-  workdir = _WORKDIR.value or _default_workdir(config_arg)
-  logging.info("process %d/%d, %d local / %d global devices: %s", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices())
   try:
     train.run(config_flag.value, workdir, _MODE.value)
   except (UserError, TrainingDiverged) as e:

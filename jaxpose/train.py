@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from jaxpose import checkpoint as checkpoint_lib
+from jaxpose import config_check
 from jaxpose import mesh as mesh_lib
 from jaxpose import metrics_log
 from jaxpose import models
@@ -49,34 +50,38 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _global_batch_size(config, key: str) -> int:
-  size = config[key].batch_size
-  if size % jax.device_count():
-    raise UserError(f"config key {key}.batch_size: {size} is not divisible by the "
-                    f"{jax.device_count()} devices")
-  return size
-
-
 class _Progress:
   """Turns fetched metric sums into a log row and a progress line."""
 
-  def __init__(self, total_steps: int, start_step: int, schedule):
+  def __init__(self, total_steps: int, start_step: int, schedule,
+               dataset_counts: dict[str, float]):
     self.total_steps, self.schedule = total_steps, schedule
+    self.dataset_counts = dataset_counts
     self.last_time, self.last_step = time.perf_counter(), start_step
 
   def row(self, step: int, fetched: list[dict]) -> dict[str, float]:
     sums = {k: float(sum(float(m[k]) for m in fetched)) for k in fetched[0] if k != "grad_norm"}
+    # Loss and gradient norm of the applied updates; a skipped non-finite one
+    # (optim.skip_nonfinite_updates) is counted instead.
+    applied = [m for m in fetched if float(m.get("nonfinite_streak", 0)) == 0]
+    applied_samples = sum(float(m["num_samples"]) for m in applied)
     now = time.perf_counter()
     seconds_per_step = (now - self.last_time) / max(step - self.last_step, 1)
     self.last_time, self.last_step = now, step
     return dict(
-        loss=sums["loss_sum"] / sums["num_samples"],
-        grad_norm=float(np.mean([float(m["grad_norm"]) for m in fetched])),
+        loss=(sum(float(m["loss_sum"]) for m in applied) / applied_samples if applied
+              else float("nan")),
+        grad_norm=(float(np.mean([float(m["grad_norm"]) for m in applied])) if applied
+                   else float("nan")),
+        nonfinite_updates_skipped=float(len(fetched) - len(applied)),
         labelled_joints_per_sample=sums["labelled_joints"] / sums["num_samples"],
         learning_rate=float(self.schedule(step)),
         images_per_second=sums["num_samples"] / len(fetched) / seconds_per_step,
         seconds_per_step=seconds_per_step,
         data_fingerprint=sums["data_fingerprint"],
+        # Samples of these steps whose image failed to read (exact over hosts and workers).
+        skipped_samples=sums["skipped_samples"],
+        **self.dataset_counts,
     )
 
   def line(self, step: int, row: dict[str, float]) -> str:
@@ -87,10 +92,10 @@ class _Progress:
 
 def train(config, workdir: Path, model, mesh, checkpointer, log) -> step_lib.TrainState:
   source = pipeline.open_split(config, config.data.train_split)
-  global_batch_size = _global_batch_size(config, "input")
-  if global_batch_size % jax.process_count():
-    raise UserError(f"config key input.batch_size: {global_batch_size} is not divisible by "
-                    f"the {jax.process_count()} processes")
+  # Persons left out when the split was opened: constant for the run, carried by every row.
+  dataset_counts = dict(dataset_skipped_persons=float(source.scan.skipped_persons),
+                        dataset_filtered_persons=float(source.scan.filtered_persons))
+  global_batch_size = config.input.batch_size  # divisible by devices and processes (config_check)
   steps_per_epoch = max(len(source) // global_batch_size, 1)
   total_steps, boundaries = optim.resolve_steps(config, steps_per_epoch)
   schedule = optim.learning_rate_schedule(config, global_batch_size, boundaries)
@@ -109,7 +114,6 @@ def train(config, workdir: Path, model, mesh, checkpointer, log) -> step_lib.Tra
   latest = checkpointer.latest_step()
   if latest is not None:
     state = checkpointer.restore(latest, abstract_state, data_iterator)
-    log.truncate_after(latest)
     _say(f"resumed from {checkpointer.directory}/{latest}")
   else:
     # Only a new run starts from model.init_from (a resumed run keeps its trained weights);
@@ -128,7 +132,7 @@ def train(config, workdir: Path, model, mesh, checkpointer, log) -> step_lib.Tra
       step_lib.make_train_step(model, tx),
       in_shardings=(replicated, mesh_lib.batch_sharding(mesh), replicated),
       out_shardings=(replicated, replicated), donate_argnums=0)
-  progress = _Progress(total_steps, start_step, schedule)
+  progress = _Progress(total_steps, start_step, schedule, dataset_counts)
   with preemption.StopRequest() as stop:
     state = _train_loop(config, train_step, state, data_iterator, mesh, step_rng, start_step,
                         total_steps, progress, checkpointer, log, stop)
@@ -138,25 +142,48 @@ def train(config, workdir: Path, model, mesh, checkpointer, log) -> step_lib.Tra
 
 def _train_loop(config, train_step, state, data_iterator, mesh, step_rng, start_step: int,
                 total_steps: int, progress, checkpointer, log, stop) -> step_lib.TrainState:
-  pending: list[dict] = []
+  # Rows past the restored step, or any row for a new run (a run killed before its first
+  # checkpoint leaves some), are steps this run computes and logs again.
+  log.truncate_after(start_step)
+  # Non-finite updates up to this many in a row were skipped by the optimiser, not applied.
+  skip_limit = (config.optim.max_consecutive_nonfinite_updates
+                if config.optim.skip_nonfinite_updates else 0)
+  pending: list[jax.Array] = []  # metrics of steps not yet fetched from the device
+  unlogged: list[dict] = []  # fetched metrics of steps since the last row
   for step in range(start_step + 1, total_steps + 1):
     batch = mesh_lib.put_batch(next(data_iterator), mesh)
     state, metrics = train_step(state, batch, step_rng)
     pending.append(metrics)
-    if step % config.train.log_every_steps == 0 or step == total_steps or stop.requested:
+    stopping = stop.reached(step)
+    log_due = step % config.train.log_every_steps == 0 or step == total_steps or stopping
+    checkpoint_due = (step % config.train.checkpoint_every_steps == 0 or step == total_steps
+                      or stopping)
+    # Checked before every checkpoint too, so no checkpoint holds a diverged state.
+    if log_due or checkpoint_due:
       fetched = jax.device_get(pending)
-      pending = []
-      row = progress.row(step, fetched)
-      if not np.isfinite(row["loss"]) or not np.isfinite(row["grad_norm"]):
+      for fetched_step, m in enumerate(fetched, start=step - len(fetched) + 1):
+        # A step without the streak metric cannot skip updates: its streak is 0.
+        loss = float(m["loss_sum"]) / float(m["num_samples"])
+        streak = int(m.get("nonfinite_streak", 0))
+        if (np.isfinite(loss) and np.isfinite(m["grad_norm"])) or 0 < streak <= skip_limit:
+          continue
         last_good = checkpointer.latest_step()
+        in_a_row = (f", {streak} in a row (more than optim.max_consecutive_nonfinite_updates"
+                    f" = {skip_limit})" if skip_limit else "")
         raise TrainingDiverged(
-            f"non-finite loss ({row['loss']}) or gradient norm at step {step}; last good "
-            f"checkpoint: {f'{checkpointer.directory}/{last_good}' if last_good else 'none'}")
+            f"non-finite loss ({loss}) or gradient norm ({float(m['grad_norm'])}) at step "
+            f"{fetched_step}{in_a_row}; last good checkpoint: "
+            f"{'none' if last_good is None else f'{checkpointer.directory}/{last_good}'}")
+      unlogged += fetched
+      pending = []
+    if log_due:
+      row = progress.row(step, unlogged)
+      unlogged = []
       log.write(step, row)
       _say(progress.line(step, row))
-    if step % config.train.checkpoint_every_steps == 0 or step == total_steps or stop.requested:
+    if checkpoint_due:
       checkpointer.save(step, state, data_iterator)
-    if stop.requested and step < total_steps:
+    if stopping and step < total_steps:
       checkpointer.wait()
       raise Preempted(f"SIGTERM: stopped after step {step} with a checkpoint in "
                       f"{checkpointer.directory}/{step}; re-run the same command to resume")
@@ -184,6 +211,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, mode: str = "tra
   """Trains and/or evaluates `config` in `workdir`; returns the last eval metrics (or {})."""
   if mode not in MODES:
     raise UserError(f"--mode {mode!r}: expected one of {list(MODES)}")
+  config_check.validate(config)  # before the workdir is written or anything compiles
   workdir = workdir_lib.prepare(workdir, config)
   mesh = mesh_lib.make_data_mesh()
   model = build_model(config)
@@ -196,7 +224,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, mode: str = "tra
       state = train(config, workdir, model, mesh, checkpointer, log)
     if mode == "train":
       return {}
-    _global_batch_size(config, "eval")
     step = int(state.step)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     results = topdown.evaluate(config, model, variables, mesh, workdir, step)

@@ -12,12 +12,22 @@ REPO = Path(__file__).resolve().parent.parent
 SMOKE = f"{REPO}/configs/default.py:smoke"
 
 
+def subprocess_env(cache_dir: Path, devices: int) -> dict[str, str]:
+  """The environment of a launched run: CPU with `devices` simulated devices, and JAX's
+  persistent compilation cache beside the session's synthetic data, so the many launches
+  of the same smoke programs compile each of them once per test session."""
+  return {**os.environ,
+          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+          "JAX_PLATFORMS": "cpu",
+          "JAX_COMPILATION_CACHE_DIR": str(Path(cache_dir).parent / "jax_compilation_cache"),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+
+
 def launch(workdir: Path, *overrides: str, devices: int = 1, cache_dir: Path, mode: str = "train",
            check: bool = True, popen: bool = False):
   """Runs `python -m jaxpose.launch` on the smoke config in a fresh process."""
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  env["JAX_PLATFORMS"] = "cpu"
+  env = subprocess_env(cache_dir, devices)
   command = [sys.executable, "-m", "jaxpose.launch", "--config", SMOKE, "--workdir", str(workdir),
              "--mode", mode, f"--config.data.synthetic.cache_dir={cache_dir}", *overrides]
   if popen:
