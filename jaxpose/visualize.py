@@ -53,6 +53,46 @@ def draw_skeleton(
   return canvas
 
 
+def draw_predictions(
+    image_rgb: np.ndarray,
+    keypoints: np.ndarray,
+    person_scores: np.ndarray,
+    skeleton: Sequence[tuple[int, int]],
+    threshold: float = 0.2,
+    color: tuple[int, int, int] = PREDICTION_COLOR,
+) -> np.ndarray:
+  """`draw_skeleton` of N predicted persons, each labelled with its score above its
+  top-most drawn keypoint.
+
+  Args:
+    image_rgb: [H, W, 3] uint8.
+    keypoints: [N, K, 3] (x, y, keypoint score) in image pixels.
+    person_scores: [N] (e.g. the rescored detection score).
+    skeleton: pairs of 0-based keypoint indices.
+    threshold: keypoints scoring at or below it are not drawn.
+
+  Returns:
+    [H, W, 3] uint8.
+  """
+  keypoints = np.asarray(keypoints, np.float64).reshape(-1, np.shape(keypoints)[-2], 3)
+  canvas = draw_skeleton(image_rgb, keypoints, skeleton, threshold, color)
+  for person, score in zip(keypoints, np.asarray(person_scores, np.float64).reshape(-1)):
+    shown = person[person[:, 2] > threshold]
+    if not len(shown):
+      continue
+    top = shown[np.argmin(shown[:, 1])]
+    origin = (int(round(top[0])) + 4, max(int(round(top[1])) - 6, 10))
+    cv2.putText(canvas, f"{score:.2f}", origin, cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+                tuple(int(c) for c in color), 1, lineType=cv2.LINE_AA)
+  return canvas
+
+
+def save_png(path: str | Path, image_rgb: np.ndarray) -> None:
+  """Writes an RGB uint8 image as PNG; OSError naming the path if cv2 cannot."""
+  if not cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)):
+    raise OSError(f"{path}: cv2 could not write the PNG (missing folder or bad extension?)")
+
+
 def _labelled_panel(image_rgb: np.ndarray, label: str, height: int, width: int) -> np.ndarray:
   """Pads the image to [height, width, 3] (black, bottom/right) and writes a label top-left."""
   panel = np.zeros((height, width, 3), np.uint8)
@@ -99,6 +139,5 @@ def save_prediction_grid(
     rows.append(np.concatenate([_labelled_panel(left, "ground truth", height, width),
                                 _labelled_panel(right, "prediction", height, width)], axis=1))
   grid = np.concatenate(rows, axis=0)
-  if not cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-    raise OSError(f"{path}: cv2 could not write the PNG (missing folder or bad extension?)")
+  save_png(path, grid)
   return grid

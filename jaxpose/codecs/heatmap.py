@@ -8,7 +8,9 @@ the official code leoxiaobin/deep-high-resolution-net.pytorch: `encode` equals
 `flip_heatmaps_back` equals `lib/utils/transforms.py: flip_back` plus the flip-test shift
 of `lib/core/function.py: validate`. The same functions serve the data pipeline (encode)
 and the evaluator (decode), so targets and inference cannot drift (mmpose
-`mmpose/codecs/msra_heatmap.py` pattern).
+`mmpose/codecs/msra_heatmap.py` pattern). Beside the quarter-pixel refinement,
+`refine_dark` is DARK's (DarkPose `get_final_preds`), and `heatmaps_to_base_crop` brings a
+multi-scale test's heatmaps into one crop's frame.
 
 Symbols: B batch, K keypoints, H x W heatmap size, `input_wh` = (w, h) of the network
 input, `heatmap_wh` = (W, H). Heatmaps are channels last, [B, H, W, K] ([H, W, K] for one
@@ -23,10 +25,16 @@ and the flip-test shift below partly compensate for it.
 
 from collections.abc import Sequence
 
+import cv2
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxpose import geometry
+
+# The sub-pixel refinements after the argmax (config `eval.decode`): HRNet's quarter-pixel
+# shift (`refine_quarter_offset`) and DARK's Taylor step (`refine_dark`).
+DECODERS = ("quarter", "dark")
 
 
 def encode(
@@ -211,3 +219,141 @@ def decode(
     xy = refine_quarter_offset(heatmaps, xy)
   heatmap_wh = (heatmaps.shape[2], heatmaps.shape[1])
   return heatmap_to_image_xy(np.asarray(xy), center_xy, scale_wh, heatmap_wh), np.asarray(maxval)
+
+
+# ----------------------------------------------------------------------------- DARK decoding
+
+
+def dark_blur_kernel_size(sigma: float) -> int:
+  """The odd kernel size whose OpenCV default sigma, 0.3 ((k - 1) / 2 - 1) + 0.8, is closest to
+  the training `sigma`: 11 for sigma 2 and 17 for sigma 3 (DarkPose's and mmpose's values)."""
+  half_width = max(round((sigma - 0.8) / 0.3 + 1), 0)
+  return 2 * half_width + 1
+
+
+def _blur_matrix(length: int, kernel_size: int) -> np.ndarray:
+  """[length, length] matrix m with (m @ v) = v correlated with OpenCV's default Gaussian
+  kernel of `kernel_size`, zero outside (DarkPose pads by the kernel radius before blurring)."""
+  kernel = cv2.getGaussianKernel(kernel_size, 0, cv2.CV_64F)[:, 0]  # sigma 0: size decides
+  radius = (kernel_size - 1) // 2
+  offset = np.arange(length)[None, :] - np.arange(length)[:, None]  # input - output
+  inside = np.abs(offset) <= radius
+  return np.where(inside, kernel[np.clip(offset + radius, 0, kernel_size - 1)], 0.0)
+
+
+def modulate_heatmaps(heatmaps: jnp.ndarray, blur_kernel_size: int) -> jnp.ndarray:
+  """DARK's distribution modulation: log of the Gaussian-blurred heatmaps.
+
+  Blurs each heatmap with OpenCV's `GaussianBlur(ksize, sigma=0)` kernel, zero-padded,
+  rescales it to its original maximum, clamps at 1e-10 and takes the log (Zhang et al.,
+  "Distribution-Aware Coordinate Representation for Human Pose Estimation",
+  arXiv:1910.06278v1, Sec. 3.1 Eq. 9-10; DarkPose `gaussian_blur` + `get_final_preds`).
+
+  Args:
+    heatmaps: [B, H, W, K].
+    blur_kernel_size: odd, e.g. `dark_blur_kernel_size(training sigma)`.
+
+  Returns:
+    [B, H, W, K] float32.
+  """
+  if blur_kernel_size % 2 != 1:
+    raise ValueError(f"DARK blur kernel size must be odd, got {blur_kernel_size}")
+  heatmaps = jnp.asarray(heatmaps, jnp.float32)
+  _, height, width, _ = heatmaps.shape
+  blur_y = jnp.asarray(_blur_matrix(height, blur_kernel_size), jnp.float32)
+  blur_x = jnp.asarray(_blur_matrix(width, blur_kernel_size), jnp.float32)
+  highest = jax.lax.Precision.HIGHEST  # TPUs would otherwise multiply in bfloat16
+  blurred = jnp.einsum("bhwk,wv->bhvk", heatmaps, blur_x, precision=highest)
+  blurred = jnp.einsum("bhwk,hu->buwk", blurred, blur_y, precision=highest)
+  original_max = jnp.max(heatmaps, axis=(1, 2), keepdims=True)
+  blurred = blurred * (original_max / jnp.max(blurred, axis=(1, 2), keepdims=True))
+  return jnp.log(jnp.maximum(blurred, 1e-10))
+
+
+def refine_dark(heatmaps: jnp.ndarray, xy: jnp.ndarray, blur_kernel_size: int) -> jnp.ndarray:
+  """DARK sub-pixel refinement: one Newton step on the log of the modulated heatmap.
+
+  At p = (int(x), int(y)) with 1 < px < W - 2 and 1 < py < H - 2 (DarkPose's bounds), with
+  L = `modulate_heatmaps(heatmaps)`, moves the location by -Hessian^-1 gradient (Eq. 7 of
+  arXiv:1910.06278v1), both by central differences: the gradient with a 1-pixel step, the
+  Hessian's diagonal with a 2-pixel step, as DarkPose `taylor`. A singular Hessian, or a
+  location outside the bounds, leaves the location unchanged.
+
+  Args:
+    heatmaps: [B, H, W, K] (after any flip / multi-scale averaging).
+    xy: [B, K, 2] heatmap locations from `decode_argmax`.
+    blur_kernel_size: odd size of the modulation kernel.
+
+  Returns:
+    [B, K, 2] float32.
+  """
+  batch, height, width, num_keypoints = heatmaps.shape
+  log_heatmaps = modulate_heatmaps(heatmaps, blur_kernel_size)
+  point = jnp.trunc(xy).astype(jnp.int32)
+  px, py = point[..., 0], point[..., 1]
+  refinable = (px > 1) & (px < width - 2) & (py > 1) & (py < height - 2)
+  px = jnp.clip(px, 2, width - 3)  # in range for the +-2 reads; `refinable` masks the rest
+  py = jnp.clip(py, 2, height - 3)
+  b = jnp.arange(batch)[:, None]
+  k = jnp.arange(num_keypoints)[None, :]
+
+  def at(dx: int, dy: int) -> jnp.ndarray:
+    return log_heatmaps[b, py + dy, px + dx, k]
+
+  grad_x = 0.5 * (at(1, 0) - at(-1, 0))
+  grad_y = 0.5 * (at(0, 1) - at(0, -1))
+  hess_xx = 0.25 * (at(2, 0) - 2 * at(0, 0) + at(-2, 0))
+  hess_xy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
+  hess_yy = 0.25 * (at(0, 2) - 2 * at(0, 0) + at(0, -2))
+  determinant = hess_xx * hess_yy - hess_xy**2
+  solvable = refinable & (determinant != 0)
+  determinant = jnp.where(solvable, determinant, 1.0)
+  # -H^-1 g with the closed-form inverse of the symmetric 2x2 Hessian.
+  offset_x = -(hess_yy * grad_x - hess_xy * grad_y) / determinant
+  offset_y = -(hess_xx * grad_y - hess_xy * grad_x) / determinant
+  offset = jnp.stack([offset_x, offset_y], axis=-1)
+  return (xy + jnp.where(solvable[..., None], offset, 0.0)).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------- multi-scale
+
+
+def _resample_matrix(length: int, scale_factor: float) -> np.ndarray:
+  """[length, length] bilinear weights m[out, in]: output pixel i samples the input at
+  length / 2 + (i - length / 2) / scale_factor; input pixels beyond the edge count as 0."""
+  position = length / 2 + (np.arange(length) - length / 2) / scale_factor
+  left = np.floor(position)
+  fraction = position - left
+  weights = np.zeros((length, length))
+  for corner, weight in ((left, 1 - fraction), (left + 1, fraction)):
+    inside = (corner >= 0) & (corner < length)
+    weights[np.flatnonzero(inside), corner[inside].astype(np.int64)] += weight[inside]
+  return weights
+
+
+def heatmaps_to_base_crop(heatmaps: jnp.ndarray, scale_factor: float) -> jnp.ndarray:
+  """Resamples heatmaps of a crop `scale_factor` times the base crop (same centre) onto the
+  base crop's heatmap grid, for multi-scale testing.
+
+  Under the crop affine of `geometry.get_affine_transform` (crop centre at heatmap point
+  (W/2, H/2), no rotation), base heatmap point (x, y) is point
+  (W/2 + (x - W/2) / s, H/2 + (y - H/2) / s) of the scale-s heatmap, read bilinearly with
+  zeros outside (cv2.warpAffine's INTER_LINEAR with a constant 0 border). s = 1 returns
+  `heatmaps` unchanged.
+
+  Args:
+    heatmaps: [B, H, W, K] predicted on the crop of size scale_wh * scale_factor.
+    scale_factor: s > 0.
+
+  Returns:
+    [B, H, W, K] float32 in the base crop's heatmap frame.
+  """
+  heatmaps = jnp.asarray(heatmaps, jnp.float32)
+  if scale_factor == 1.0:
+    return heatmaps
+  _, height, width, _ = heatmaps.shape
+  rows = jnp.asarray(_resample_matrix(height, scale_factor), jnp.float32)
+  columns = jnp.asarray(_resample_matrix(width, scale_factor), jnp.float32)
+  highest = jax.lax.Precision.HIGHEST
+  resampled = jnp.einsum("bhwk,vw->bhvk", heatmaps, columns, precision=highest)
+  return jnp.einsum("bhwk,uh->buwk", resampled, rows, precision=highest)

@@ -1,14 +1,18 @@
-"""Top-down evaluation on the val split with ground-truth person boxes.
+"""Top-down evaluation on the val split, with ground-truth or detected person boxes.
 
-Crops every labelled person, runs the jitted predict step (flip test, argmax + quarter-pixel
-refinement), maps keypoints back to image pixels, rescores and OKS-NMSes per image as
-HRNet's `COCODataset.evaluate`, writes the COCO results json and scores it with pycocotools.
+Crops every person box (`eval.person_boxes`: the labelled persons, or a detector's results
+json read by `detections.split_detection_boxes`), runs the jitted predict step (flip test,
+`eval.multi_scale` image pyramid, argmax + quarter-pixel or DARK refinement), maps keypoints
+back to image pixels, rescores (box score x mean confident keypoint score) and OKS-NMSes per
+image as HRNet's `COCODataset.evaluate`, writes the COCO results json and scores it with
+pycocotools.
 """
 
+import math
+import os
 from collections import defaultdict
 from pathlib import Path
 
-import cv2
 import jax
 import numpy as np
 
@@ -16,63 +20,137 @@ from jaxpose import mesh as mesh_lib
 from jaxpose import step as step_lib
 from jaxpose import visualize
 from jaxpose.codecs import heatmap as heatmap_codec
+from jaxpose.data import image_io
 from jaxpose.data import pipeline
+from jaxpose.errors import UserError
 from jaxpose.evaluation import coco_eval
+from jaxpose.evaluation import detections
+
+
+def predict_options(config) -> dict:
+  """`make_predict_step`'s test-time options from the `eval` block, checked (UserError
+  naming the key)."""
+  if config.eval.decode not in heatmap_codec.DECODERS:
+    raise UserError(f"config key eval.decode: unknown {config.eval.decode!r}; known: "
+                    f"{list(heatmap_codec.DECODERS)}")
+  scales = tuple(config.eval.multi_scale)
+  if not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0
+             for s in scales):
+    raise UserError(f"config key eval.multi_scale: {scales!r} must be positive scale factors "
+                    "(or () for one scale)")
+  return dict(scales=tuple(float(s) for s in scales), decode=config.eval.decode,
+              dark_blur_kernel_size=heatmap_codec.dark_blur_kernel_size(config.input.heatmap_sigma))
+
+
+def open_person_boxes(config, ground_truth, image_ids=None):
+  """The source of person boxes to crop: `ground_truth` itself for `eval.person_boxes` "gt",
+  else the boxes of that detection results json on `ground_truth`'s images (optionally only
+  those on `image_ids`)."""
+  if config.eval.person_boxes == "gt":
+    return ground_truth
+  return detections.split_detection_boxes(
+      os.path.expanduser(config.eval.person_boxes), ground_truth.annotation_file,
+      ground_truth.image_dir, ground_truth.spec, config.eval.box_score_threshold, image_ids)
+
+
+def box_scores(source, record_index: np.ndarray) -> np.ndarray:
+  """[N] detector scores of the given records; 1 for ground-truth boxes (as HRNet)."""
+  if isinstance(source, detections.PersonBoxes):
+    return source.scores[record_index]
+  return np.ones(len(record_index))
 
 
 def predict_keypoints(config, model, variables, mesh, source) -> dict[str, np.ndarray]:
-  """Runs the model over every person of `source`.
+  """Runs the model over every person of `source`, on all processes' devices.
 
+  Each process feeds its rows of each global batch; the outputs come back replicated, so
+  every process holds every prediction (the gather of a multi-process evaluation).
   Returns arrays over N persons: `keypoints` [N, K, 3] (x, y, score in image pixels),
-  `center_xy`, `scale_wh` [N, 2], `image_id`, `annotation_id` [N].
+  `center_xy`, `scale_wh` [N, 2], `record_index`, `image_id`, `annotation_id` [N] (-1 for
+  detected boxes).
   """
   _, heatmap_wh = pipeline.input_and_heatmap_wh(config)
   flip_index = source.spec.flip_index if config.eval.flip_test else None
-  predict_step = jax.jit(
-      step_lib.make_predict_step(model, flip_index),
+  options = predict_options(config)
+  predict_step = step_lib.make_predict_step(model, flip_index, **options)
+
+  def predict_and_gather(variables, batch):
+    xy, scores = predict_step(variables, batch["image"])
+    return (xy, scores, batch["center_xy"], batch["scale_wh"], batch["record_index"],
+            batch["skipped"])
+
+  predict_and_gather = jax.jit(
+      predict_and_gather,
       in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)),
       out_shardings=mesh_lib.replicated(mesh))
-  batch_size = config.eval.batch_size
-  collected = defaultdict(list)
-  for batch in pipeline.eval_dataset(config, source, batch_size):
-    count = len(batch["image_id"])
-    # Pad the last batch to the compiled size by repeating its last row; padded rows are dropped.
-    images = np.concatenate([batch["image"], np.repeat(batch["image"][-1:], batch_size - count, 0)])
-    images = mesh_lib.put_batch({"image": images}, mesh)["image"]
-    xy, scores = jax.device_get(predict_step(variables, images))
-    image_xy = heatmap_codec.heatmap_to_image_xy(
-        xy[:count], batch["center_xy"], batch["scale_wh"], heatmap_wh)
-    collected["keypoints"].append(np.concatenate([image_xy, scores[:count, :, None]], axis=-1))
-    for key in ("center_xy", "scale_wh", "image_id", "annotation_id"):
-      collected[key].append(batch[key])
-  return {k: np.concatenate(v) for k, v in collected.items()}
+  num_keypoints = source.spec.num_keypoints
+  # Empty first entries, so that a source without boxes gives empty predictions.
+  collected = defaultdict(list, keypoints=[np.zeros((0, num_keypoints, 3))],
+                          center_xy=[np.zeros((0, 2), np.float32)],
+                          scale_wh=[np.zeros((0, 2), np.float32)],
+                          record_index=[np.zeros(0, np.int32)])
+  for local_batch in pipeline.eval_dataset(config, source, config.eval.batch_size,
+                                           options["scales"]):
+    batch = mesh_lib.put_batch(local_batch, mesh)
+    xy, scores, center_xy, scale_wh, record_index, skipped = jax.device_get(
+        predict_and_gather(variables, batch))
+    real = record_index >= 0  # padding rows that complete the last global batch
+    real &= skipped == 0  # a person whose image could not be used gets no prediction
+    image_xy = heatmap_codec.heatmap_to_image_xy(xy[real], center_xy[real], scale_wh[real],
+                                                 heatmap_wh)
+    collected["keypoints"].append(np.concatenate([image_xy, scores[real][..., None]], axis=-1))
+    collected["center_xy"].append(center_xy[real])
+    collected["scale_wh"].append(scale_wh[real])
+    collected["record_index"].append(record_index[real])
+  predictions = {k: np.concatenate(v) for k, v in collected.items()}
+  records = [source.records[i] for i in predictions["record_index"]]
+  predictions["image_id"] = np.array([r.image_id for r in records], np.int64)
+  predictions["annotation_id"] = np.array([r.annotation_id for r in records], np.int64)
+  return predictions
 
 
-def _save_visualization(path: Path, source, predictions, num_images: int) -> None:
-  image_paths = {r.image_id: r.image_path for r in source.records}
+def _save_visualization(path: Path, ground_truth, results: list[dict], num_images: int) -> None:
+  """Ground truth and the scored predictions (after rescoring and NMS) of the first images."""
+  image_paths = {r.image_id: (r.image_path, r.image_wh) for r in ground_truth.records}
   image_ids = sorted(image_paths)[:num_images]
-  images, predicted, ground_truth = [], [], []
+  num_keypoints = ground_truth.spec.num_keypoints
+  images, predicted, labelled = [], [], []
   for image_id in image_ids:
-    image = cv2.cvtColor(cv2.imread(image_paths[image_id]), cv2.COLOR_BGR2RGB)
+    image, problem = image_io.read_image(*image_paths[image_id])
+    if problem:  # already warned about while predicting; left out of the picture
+      continue
     images.append(image)
-    predicted.append(predictions["keypoints"][predictions["image_id"] == image_id])
-    ground_truth.append(np.stack([r.keypoints for r in source.records if r.image_id == image_id]))
-  visualize.save_prediction_grid(path, images, predicted, ground_truth, source.spec.skeleton)
+    predicted.append(np.reshape(
+        [r["keypoints"] for r in results if r["image_id"] == image_id], (-1, num_keypoints, 3)))
+    labelled.append(np.stack([r.keypoints for r in ground_truth.records if r.image_id == image_id]))
+  if images:
+    visualize.save_prediction_grid(path, images, predicted, labelled, ground_truth.spec.skeleton)
 
 
 def evaluate(config, model, variables, mesh, workdir: Path, step: int) -> dict[str, float]:
-  """Scores the model on the val split; writes the results json and a PNG into `workdir`."""
-  source = pipeline.open_split(config, config.data.val_split)
+  """Scores the model on the val split; writes the results json and a PNG into `workdir`.
+
+  Every process takes part in the predictions; process 0 alone scores and writes them, and
+  the other processes return {}.
+  """
+  ground_truth = pipeline.open_split(config, config.data.val_split)
+  source = open_person_boxes(config, ground_truth)
   predictions = predict_keypoints(config, model, variables, mesh, source)
+  if jax.process_index() != 0:
+    return {}
   results = coco_eval.rescore_and_nms(
       image_ids=predictions["image_id"], keypoints=predictions["keypoints"],
-      box_scores=np.ones(len(predictions["image_id"])),  # ground-truth boxes
+      box_scores=box_scores(source, predictions["record_index"]),
       areas=np.prod(predictions["scale_wh"], axis=1), oks_sigmas=source.spec.oks_sigmas,
       in_vis_threshold=config.eval.keypoint_score_threshold,
       oks_threshold=config.eval.oks_nms_threshold)
   metrics = coco_eval.evaluate_keypoints(
-      source.annotation_file, results, workdir / f"results_val_step{step}.json")
-  if config.eval.num_visualize > 0 and jax.process_index() == 0:
-    _save_visualization(workdir / f"predictions_val_step{step}.png", source, predictions,
+      ground_truth.annotation_file, results, workdir / f"results_val_step{step}.json")
+  # Boxes without a prediction because their image failed, and persons left out at open.
+  metrics.update(skipped_samples=float(len(source) - len(predictions["image_id"])),
+                 dataset_skipped_persons=float(ground_truth.scan.skipped_persons),
+                 dataset_filtered_persons=float(ground_truth.scan.filtered_persons))
+  if config.eval.num_visualize > 0:
+    _save_visualization(workdir / f"predictions_val_step{step}.png", ground_truth, results,
                         config.eval.num_visualize)
   return metrics
