@@ -8,15 +8,13 @@
 Re-running the same command resumes from the workdir's latest checkpoint.
 """
 
-import functools
 import os
 import sys
 from pathlib import Path
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
-import configs
+from jaxpose import cli as cli_lib
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory for checkpoints, metrics.jsonl, results and the resolved "
@@ -37,46 +35,7 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
 
 
 def _fail(message: str) -> None:
-  print(f"jaxpose: error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
-
-
-def _fail_on_config_error(error: Exception) -> None:
-  # ml_collections hands over the repr of a KeyError with its "Did you mean" hint.
-  text = str(error.args[0] if error.args else error)
-  text = text.strip("'").replace("\\n", ". ").replace("\\'", "'")
-  _fail(f"config: no field {text}")
-
-
-def _one_line(message: str) -> str:
-  """A flag error whose message embeds a traceback (a config file that raised): its first
-  line (which flag) and last line (the exception), without the frames between."""
-  lines = [line for line in message.splitlines() if line.strip()]
-  if len(lines) <= 1:
-    return message
-  return f"{lines[0].split(': Error whilst')[0]}: {lines[-1].strip()}"
-
-
-def _define_config_flag():
-  """`--config`; defined at start-up, not import, because ml_collections already loads the
-  default file and applies `--config.KEY` overrides when the flag is defined."""
-  try:
-    return config_flags.DEFINE_config_file(
-        "config", configs.DEFAULT_CONFIG_FILE,
-        "Config file with get_config(arg); `file.py:ARGS` selects a variant, "
-        "`--config.KEY=VALUE` overrides one field.", lock_config=True)
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    _fail_on_config_error(e)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, but a bad config key or value is one line that names it, not a traceback."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(_one_line(str(e)))
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    _fail_on_config_error(e)
+  cli_lib.fail("jaxpose", message)
 
 
 def _default_workdir(config_arg: str) -> str:
@@ -122,8 +81,7 @@ def main(argv: list[str], config_flag) -> None:
 
 
 def cli() -> None:
-  config_flag = _define_config_flag()
-  app.run(functools.partial(main, config_flag=config_flag), flags_parser=_parse_flags)
+  cli_lib.run("jaxpose", main)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,12 @@ there is none (filtered persons are not faults), 2 for a bad command line or con
 
 import collections
 import concurrent.futures
-import functools
 import os
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-import configs
+from jaxpose import cli as cli_lib
 from jaxpose.data import faults
 from jaxpose.data import image_io
 from jaxpose.errors import UserError
@@ -32,27 +30,7 @@ _SPLIT = flags.DEFINE_enum(
 
 
 def _fail(message: str) -> None:
-  print(f"jaxpose.data.check: error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
-
-
-def _config_error(error: Exception) -> str:
-  # ml_collections hands over the repr of a KeyError with its "Did you mean" hint.
-  text = str(error.args[0] if error.args else error)
-  return "config: no field " + text.strip("'").replace("\\n", ". ").replace("\\'", "'")
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, but a bad flag or config key is one line that names it."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    # A config file that raised embeds a traceback: keep the flag and the exception.
-    _fail(lines[0] if len(lines) == 1
-          else f"{lines[0].split(': Error whilst')[0]}: {lines[-1].strip()}")
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    _fail(_config_error(e))
+  cli_lib.fail("jaxpose.data.check", message)
 
 
 def image_faults(records, num_threads: int) -> list[faults.Fault]:
@@ -130,16 +108,7 @@ def main(argv: list[str], config_flag) -> None:
 
 
 def cli() -> None:
-  # Defined at start-up, not import (as jaxpose.launch): ml_collections loads the default
-  # file and applies `--config.KEY` overrides when the flag is defined.
-  try:
-    config_flag = config_flags.DEFINE_config_file(
-        "config", configs.DEFAULT_CONFIG_FILE,
-        "Config file with get_config(arg); `file.py:ARGS` selects a variant, "
-        "`--config.KEY=VALUE` overrides one field.", lock_config=True)
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    _fail(_config_error(e))
-  app.run(functools.partial(main, config_flag=config_flag), flags_parser=_parse_flags)
+  cli_lib.run("jaxpose.data.check", main)
 
 
 if __name__ == "__main__":
