@@ -110,7 +110,9 @@ class BottomUpTrainTest(absltest.TestCase):
     first, last = self.metrics[0], self.metrics[-1]
     self.assertEqual(set(first), {"loss_sum", "heatmap_loss_sum", "offset_loss_sum",
                                   "scale_loss_sum", "num_samples", "labelled_joints",
-                                  "grad_norm", "data_fingerprint", "skipped_samples"})
+                                  "grad_norm", "data_fingerprint", "skipped_samples",
+                                  "nonfinite_streak"})
+    self.assertEqual(first["nonfinite_streak"], 0)  # optim.skip_nonfinite_updates is off
     self.assertEqual(first["num_samples"], 4)
     self.assertEqual(first["labelled_joints"], self.batch["labelled_joints"].sum())
     self.assertGreater(first["labelled_joints"], 0)  # multi-person images with joints in view
