@@ -13,10 +13,13 @@ SMOKE = f"{REPO}/configs/default.py:smoke"
 
 
 def subprocess_env(cache_dir: Path, devices: int) -> dict[str, str]:
-  """The environment of a launched run: CPU with `devices` simulated devices, and JAX's
+  """The environment of a launched run: CPU with `devices` simulated devices, JAX's
   persistent compilation cache beside the session's synthetic data, so the many launches
-  of the same smoke programs compile each of them once per test session."""
+  of the same smoke programs compile each of them once per test session, and few XLA
+  optimisations (compiling dominates these few-step runs; the runs a test compares all
+  use the same setting)."""
   return {**os.environ,
+          "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
           "JAX_PLATFORMS": "cpu",
           "JAX_COMPILATION_CACHE_DIR": str(Path(cache_dir).parent / "jax_compilation_cache"),

@@ -42,3 +42,21 @@ def test_a_changed_model_is_refused_with_the_differences_listed(tmp_path):
   assert "params/conv/kernel: saved (3, 3, 3, 8), model (3, 3, 3, 16)" in message
   assert "unexpected batch_stats/bn/mean (8,)" in message
   checkpointer.close()
+
+
+def test_another_process_count_cannot_resume_the_input_pipeline(tmp_path):
+  """The grain state is saved per process (`process_<i>-of-<n>.json`): a checkpoint written by
+  2 processes is refused to this 1-process run, naming both counts and the way out."""
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path, keep=1)
+  data = checkpointer.directory / "7" / "data"
+  data.mkdir(parents=True)
+  for index in range(2):
+    (data / f"process_{index}-of-2.json").write_text("{}")
+  with pytest.raises(UserError) as caught:
+    checkpointer._check_process_count(7)  # pylint: disable=protected-access
+  assert "written by 2 processes, resumed with 1" in str(caught.value)
+  assert "--mode eval" in str(caught.value)
+  (data / "process_1-of-2.json").unlink()
+  (data / "process_0-of-2.json").rename(data / "process_0-of-1.json")
+  checkpointer._check_process_count(7)  # pylint: disable=protected-access
+  checkpointer.close()
