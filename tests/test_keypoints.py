@@ -90,7 +90,7 @@ def test_oks_sigmas():
   # .89, .89, .79, .79]) / 10.0
   official = np.array(
       [.79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89, .79, .79]) / 10.0
-  np.testing.assert_allclose(keypoints_lib.CROWDPOSE.oks_sigmas, official, rtol=1e-12)
+  np.testing.assert_array_equal(keypoints_lib.CROWDPOSE.oks_sigmas, official)  # the same bits
   assert keypoints_lib.COCO.oks_sigmas[0] == 0.026
   for name in ("mpii", "lsp", "h36m"):
     with pytest.raises(UserError, match=f"keypoint layout '{name}' has no OKS sigmas"):
@@ -100,8 +100,9 @@ def test_oks_sigmas():
 def test_pck_groups():
   mpii = keypoints_lib.MPII.pck_groups
   assert list(mpii) == ["Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle"]
-  # HRNet's evaluate: Head = head top (9); the pairs are (left, right) joints.
-  expected = {"Head": [9], "Shoulder": [12, 13], "Elbow": [11, 14], "Wrist": [10, 15],
+  # The MPII benchmark's evalMPII: Head = upper neck (8) and head top (9) (HRNet's evaluate
+  # uses the head top alone); the other pairs are right/left joints.
+  expected = {"Head": [8, 9], "Shoulder": [12, 13], "Elbow": [11, 14], "Wrist": [10, 15],
               "Hip": [2, 3], "Knee": [1, 4], "Ankle": [0, 5]}
   for group, indices in expected.items():
     np.testing.assert_array_equal(mpii[group], indices)

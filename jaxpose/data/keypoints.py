@@ -120,8 +120,9 @@ COCO = KeypointSpec(
 
 # MPII: joint ids 0-15 of the MPII Human Pose README ("0 - r ankle, ..., 15 - l wrist"), the
 # order of HRNet's `mpii_{train,valid}.json`. No OKS. Upper body as HRNet's `upper_body_ids`
-# (thorax and up). Groups as HRNet's `MPIIDataset.evaluate`: Head is the head top alone;
-# the upper neck counts only in the Mean, pelvis and thorax in neither.
+# (thorax and up). Groups as the MPII benchmark's own evaluation (`evalMPII`, which
+# `jaxpose.evaluation.mpii_eval` follows): Head is the upper neck and the head top (HRNet's
+# `evaluate` uses the head top alone); pelvis and thorax count in no group and not in the Mean.
 # (name, flip partner, upper body, OKS sigma, PCK group)
 _MPII_ROWS = [
     ("right_ankle", "left_ankle", False, None, "Ankle"),
@@ -132,7 +133,7 @@ _MPII_ROWS = [
     ("left_ankle", "right_ankle", False, None, "Ankle"),
     ("pelvis", "pelvis", False, None, None),
     ("thorax", "thorax", True, None, None),
-    ("upper_neck", "upper_neck", True, None, None),
+    ("upper_neck", "upper_neck", True, None, "Head"),
     ("head_top", "head_top", True, None, "Head"),
     ("right_wrist", "left_wrist", True, None, "Wrist"),
     ("right_elbow", "left_elbow", True, None, "Elbow"),
@@ -188,22 +189,23 @@ LSP = KeypointSpec(
 # CrowdPose: the person category of `crowdpose_{train,val,test}.json` (names as in the file;
 # mmpose renames `head` to `top_head`). Sigmas: crowdpose-api `cocoeval.py`
 # (Jeff-sjtu/CrowdPose @86fe5e1), [.79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89,
-# .89, .79, .79] / 10. Upper body as mmpose `crowdpose.py`.
+# .89, .79, .79] / 10, written as those divisions so the float64 values are the same bits.
+# Upper body as mmpose `crowdpose.py`.
 _CROWDPOSE_ROWS = [
-    ("left_shoulder", "right_shoulder", True, 0.079),
-    ("right_shoulder", "left_shoulder", True, 0.079),
-    ("left_elbow", "right_elbow", True, 0.072),
-    ("right_elbow", "left_elbow", True, 0.072),
-    ("left_wrist", "right_wrist", True, 0.062),
-    ("right_wrist", "left_wrist", True, 0.062),
-    ("left_hip", "right_hip", False, 0.107),
-    ("right_hip", "left_hip", False, 0.107),
-    ("left_knee", "right_knee", False, 0.087),
-    ("right_knee", "left_knee", False, 0.087),
-    ("left_ankle", "right_ankle", False, 0.089),
-    ("right_ankle", "left_ankle", False, 0.089),
-    ("head", "head", True, 0.079),
-    ("neck", "neck", True, 0.079),
+    ("left_shoulder", "right_shoulder", True, 0.79 / 10),
+    ("right_shoulder", "left_shoulder", True, 0.79 / 10),
+    ("left_elbow", "right_elbow", True, 0.72 / 10),
+    ("right_elbow", "left_elbow", True, 0.72 / 10),
+    ("left_wrist", "right_wrist", True, 0.62 / 10),
+    ("right_wrist", "left_wrist", True, 0.62 / 10),
+    ("left_hip", "right_hip", False, 1.07 / 10),
+    ("right_hip", "left_hip", False, 1.07 / 10),
+    ("left_knee", "right_knee", False, 0.87 / 10),
+    ("right_knee", "left_knee", False, 0.87 / 10),
+    ("left_ankle", "right_ankle", False, 0.89 / 10),
+    ("right_ankle", "left_ankle", False, 0.89 / 10),
+    ("head", "head", True, 0.79 / 10),
+    ("neck", "neck", True, 0.79 / 10),
 ]
 _CROWDPOSE_NAMES = tuple(row[0] for row in _CROWDPOSE_ROWS)
 

@@ -21,6 +21,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from jaxpose.data import keypoints as keypoints_lib
 from jaxpose.errors import DatasetError
 from jaxpose.evaluation import coco_eval
 
@@ -28,11 +29,8 @@ STAT_NAMES = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium"
 # Where each of STAT_NAMES' first six sits in pycocotools' keypoint `stats`.
 _COCOEVAL_STAT_INDEX = {"AP": 0, "AP50": 1, "AP75": 2, "AR": 5, "AR50": 6, "AR75": 7}
 
-# crowdpose-api cocoeval.py `computeOks`, in CrowdPose keypoint order (left/right shoulder,
-# elbow, wrist, hip, knee, ankle, then head, neck); written as there (/10) so the floats
-# are the same bits. TODO: move to a CrowdPose KeypointSpec in jaxpose/data/keypoints.py.
-CROWDPOSE_OKS_SIGMAS = np.array(
-    [.79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89, .79, .79]) / 10.0
+# crowdpose-api's sigmas, from the CrowdPose spec (written there as the official `[...] / 10`).
+CROWDPOSE_OKS_SIGMAS = keypoints_lib.CROWDPOSE.oks_sigmas
 # crowdpose-api scales every box area by this in `computeOks` and `evaluateImg`.
 BOX_AREA_SCALE = 0.53
 # `summarize` calls `get_type_result(first=0.2, second=0.8)`: easy < 0.2 <= medium < 0.8 <= hard.

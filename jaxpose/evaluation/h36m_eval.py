@@ -23,14 +23,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxpose.data import keypoints as keypoints_lib
 from jaxpose.errors import UserError
 
-# The 17-joint Human3.6M layout of integral-human-pose / RLE (root first). TODO: move to the
-# Human3.6M KeypointSpec in jaxpose/data/keypoints.py.
-H36M_JOINTS = ("pelvis", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee",
-               "left_ankle", "torso", "neck", "nose", "head", "left_shoulder", "left_elbow",
-               "left_wrist", "right_shoulder", "right_elbow", "right_wrist")
-ROOT_JOINT = 0
+# The 17-joint Human3.6M layout of integral-human-pose / RLE (root first), from the spec.
+H36M_JOINTS = keypoints_lib.H36M.names
+ROOT_JOINT = keypoints_lib.H36M.root_index
 # Human3.6M action ids 2..16 (the `act_XX` of image names), as RLE's `action_name`.
 ACTION_NAMES = ("Directions", "Discussion", "Eating", "Greeting", "Phoning", "Posing",
                 "Purchases", "Sitting", "SittingDown", "Smoking", "Photo", "Waiting", "Walking",

@@ -18,15 +18,13 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
+from jaxpose.data import keypoints as keypoints_lib
 from jaxpose.errors import DatasetError, UserError
 
-# The 14 LSP joints in joints.mat order. TODO: move to the LSP KeypointSpec in
-# jaxpose/data/keypoints.py.
-LSP_JOINTS = ("right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle",
-              "right_wrist", "right_elbow", "right_shoulder", "left_shoulder", "left_elbow",
-              "left_wrist", "neck", "head_top")
-PCK_GROUPS = {"Head": (12, 13), "Shoulder": (8, 9), "Elbow": (7, 10), "Wrist": (6, 11),
-              "Hip": (2, 3), "Knee": (1, 4), "Ankle": (0, 5)}
+# The 14 LSP joints in joints.mat order and their PCK groups, from the LSP spec.
+LSP_JOINTS = keypoints_lib.LSP.names
+PCK_GROUPS = {name: tuple(int(i) for i in ids)
+              for name, ids in keypoints_lib.LSP.pck_groups.items()}
 TORSO_JOINTS = (9, 2)  # left shoulder, right hip (eval_pck.m: gt(:,10) - gt(:,3))
 LSP_FIRST_TEST_IMAGE = 1000  # 0-based: images 1001-2000 are the test set
 

@@ -26,18 +26,17 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
+from jaxpose.data import keypoints as keypoints_lib
 from jaxpose.errors import DatasetError, UserError
 
-# The 16 MPII joints in dataset order (0 right_ankle ... 15 left_wrist) and their names in
-# gt_valid.mat's `dataset_joints`. TODO: move to the MPII KeypointSpec in jaxpose/data/keypoints.py.
-MPII_JOINTS = ("right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle",
-               "pelvis", "thorax", "upper_neck", "head_top", "right_wrist", "right_elbow",
-               "right_shoulder", "left_shoulder", "left_elbow", "left_wrist")
+# The 16 MPII joints in dataset order (0 right_ankle ... 15 left_wrist), from the MPII spec,
+# and their names in gt_valid.mat's `dataset_joints`.
+MPII_JOINTS = keypoints_lib.MPII.names
 GT_VALID_JOINT_NAMES = ("rank", "rkne", "rhip", "lhip", "lkne", "lank", "pelv", "thor", "neck",
                         "head", "rwri", "relb", "rsho", "lsho", "lelb", "lwri")
-# genTablePCK's columns, as MPII joint indices.
-PCKH_GROUPS = {"Head": (8, 9), "Shoulder": (12, 13), "Elbow": (11, 14), "Wrist": (10, 15),
-               "Hip": (2, 3), "Knee": (1, 4), "Ankle": (0, 5)}
+# genTablePCK's columns, as MPII joint indices (the spec's PCK groups).
+PCKH_GROUPS = {name: tuple(int(i) for i in ids)
+               for name, ids in keypoints_lib.MPII.pck_groups.items()}
 UPPER_BODY_JOINTS = (10, 11, 12, 13, 14, 15)
 # The benchmark's 14 joints: every joint but pelvis (6) and thorax (7).
 SCORED_JOINTS = (0, 1, 2, 3, 4, 5, 8, 9, 10, 11, 12, 13, 14, 15)
