@@ -7,6 +7,7 @@ it on random inputs of the config's shapes; `infer` does the same for the eval f
 
 import functools
 import json
+import os
 import resource
 import sys
 import time
@@ -108,13 +109,20 @@ def bench_data(config, batch_size: int, steps: int) -> dict:
   source = pipeline.open_split(config, config.data.train_split)
   iterator = iter(pipeline.train_dataset(config, source, batch_size))
   next(iterator)
-  start = time.perf_counter()
+  start, start_cpu = time.perf_counter(), time.process_time()
   for _ in range(steps):
     next(iterator)
   seconds = (time.perf_counter() - start) / steps
-  return dict(kind="data", batch_size=batch_size, seconds_per_batch=seconds,
-              images_per_second=batch_size / seconds, num_workers=config.input.num_workers,
-              read_threads=config.input.read_threads, peak_host_memory_mb=_peak_host_memory_mb())
+  # CPU time of this process (all its threads; worker processes not included): with
+  # num_workers=0 the whole cost of a batch, a figure that other load on the machine
+  # disturbs far less than images/s.
+  cpu_seconds = (time.process_time() - start_cpu) / steps
+  return dict(kind="data", batch_size=batch_size, seconds_per_batch=round(seconds, 4),
+              images_per_second=round(batch_size / seconds, 2),
+              main_process_cpu_ms_per_image=round(1e3 * cpu_seconds / batch_size, 3),
+              num_workers=config.input.num_workers, read_threads=config.input.read_threads,
+              load_average_1min=round(os.getloadavg()[0], 2),
+              peak_host_memory_mb=round(_peak_host_memory_mb(), 1))
 
 
 def _flops(jitted, *args) -> float | None:
