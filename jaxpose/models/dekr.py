@@ -17,6 +17,13 @@ COCO configs `experiments/coco/w{32,48}/*.yaml`):
             translation t; the 3x3 deformable conv samples tap g (a regular-grid point, as
             (dy, dx)) at M g + t, i.e. its offsets are (M - I) g + t; then BN, + input, ReLU
 
+  scale head  (`scale_head=True`, off in the presets) SWAHR's scale branch (Luo et al.,
+            arXiv:2012.15175, Sec. 3.2; greatlog/SWAHR-HumanPose @7555826,
+            `lib/models/pose_higher_hrnet.py`, `conv_scale_layers`): 1x1 conv with bias -> K + 1,
+            BN, ReLU, 9x9 depthwise conv with bias, zeroed at init, on the features the final
+            heatmap conv reads -> aux["heatmap_scales"] [B, H/4, W/4, K + 1], the scale s of
+            heatmap channel c's SAHR target t^(1 + s) at channel c (`losses.bottomup`)
+
 Outputs (official channel order): heatmaps [B, H/4, W/4, K + 1], the centre heatmap last;
 offsets [B, H/4, W/4, 2K], keypoint j at channels (2j, 2j + 1) = (x, y) of pixel minus
 keypoint, in heatmap pixels (the official `OffsetGenerator`; poses are locations - offsets).
@@ -34,6 +41,7 @@ official keys (`jaxpose/models/dekr_torch_import.py`; backbone rows in `hrnet.py
                                                  offset_feature_layers.{j}.{n}.(same)
   offset_final{j}                                offset_final_layer.{j}
   (constant `REGULAR_GRID`)                     offset_feature_layers.{j}.{n}.regular_matrix
+  heatmap_scale_head/{conv,bn,depthwise_conv}   conv_scale_layers.0.{0,1,3} (SWAHR's names)
 """
 
 import functools
@@ -123,12 +131,37 @@ class AdaptBlock(nn.Module):
     return nn.relu(y + x)
 
 
+class HeatmapScaleHead(nn.Module):
+  """SWAHR's scale branch: features [B, h, w, C_in] -> scales [B, h, w, `num_maps`] (compute dtype).
+
+  1x1 conv with bias -> BN -> ReLU -> 9x9 depthwise conv with bias (padding 4), as one
+  `conv_scale_layers[i]` of the official `PoseHigherResolutionNet` (SWAHR @7555826). Its
+  `init_weights` gives the 1x1 conv N(0, 0.001^2) weights and zero bias (every Conv2d) and
+  then zeroes the depthwise conv's weight and bias, so the scales start at exactly 0 (SAHR's
+  target t^(1 + s) starts as the plain heatmap t) and only the depthwise conv gets a gradient
+  on the first step.
+  """
+  num_maps: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    y = _conv(self.num_maps, 1, self.dtype, "conv", use_bias=True)(x)
+    y = nn.relu(layers.batch_norm(train, self.dtype, "bn")(y))
+    # Depthwise (groups = channels): XLA's grouped conv, ~0.6 s fwd+bwd at W32's
+    # [8, 128, 128, 18] on 2 cores; `layers.Conv2d`'s fast gradient has no groups.
+    return nn.Conv(self.num_maps, (9, 9), padding=4, feature_group_count=self.num_maps,
+                   kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros,
+                   dtype=self.dtype, param_dtype=jnp.float32, name="depthwise_conv")(y)
+
+
 class DEKR(nn.Module):
   """DEKR: images [B, H, W, 3] -> ((heatmaps, offsets), aux); H, W multiples of 32.
 
   heatmaps [B, H/4, W/4, K + 1] (centre last) and offsets [B, H/4, W/4, 2K], float32 (see
   the module docstring for channel order). aux["features"]: the concatenated backbone
-  branches [B, H/4, W/4, 15 * width] both heads read.
+  branches [B, H/4, W/4, 15 * width] both heads read; with `scale_head`,
+  aux["heatmap_scales"] [B, H/4, W/4, K + 1] float32 (SWAHR's scale maps, heatmap order).
   """
   width: int
   heatmap_channels: int  # HEAD_HEATMAP.NUM_CHANNELS
@@ -140,6 +173,8 @@ class DEKR(nn.Module):
   offset_blocks: int = 2  # HEAD_OFFSET.NUM_BLOCKS
   offset_dilation: int = 1  # HEAD_OFFSET.DILATION_RATE
   final_conv_kernel: int = 1  # FINAL_CONV_KERNEL (1 or 3) of both heads' last convs
+  # SWAHR's scale branch for its scale-adaptive heatmap loss (SAMKR-W32); not in DEKR.
+  scale_head: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -156,9 +191,15 @@ class DEKR(nn.Module):
           x, train=train)
     heatmaps = _conv(self.num_keypoints + 1, self.final_conv_kernel, self.dtype,
                      "head_heatmap_final", use_bias=True)(x)
+    aux = {"features": features}
+    if self.scale_head:
+      # SWAHR reads the features its final heatmap conv reads; here, the heatmap head's.
+      scales = HeatmapScaleHead(self.num_keypoints + 1, self.dtype, name="heatmap_scale_head")(
+          x, train=train)
+      aux["heatmap_scales"] = scales.astype(jnp.float32)
 
     offsets = self.offset_head(features, train=train)
-    return (heatmaps.astype(jnp.float32), offsets.astype(jnp.float32)), {"features": features}
+    return (heatmaps.astype(jnp.float32), offsets.astype(jnp.float32)), aux
 
   def offset_head(self, features: jax.Array, *, train: bool) -> jax.Array:
     """Offsets [B, H/4, W/4, 2K] (compute dtype) from the concatenated features; called by

@@ -11,6 +11,11 @@ Tensors: conv and deformable-conv `weight` [O, I, kh, kw] -> `kernel` [kh, kw, I
 in `hrnet_torch_import`. Each AdaptBlock's buffer `regular_matrix` (the 3x3 grid, [2, 9]) is
 a constant in jaxpose: it is checked against `dekr.REGULAR_GRID` and dropped; a wrong value,
 or a grid without its block (or the reverse), is an error naming the key.
+
+The optional SWAHR scale head (`DEKR(scale_head=True)`) takes SWAHR's names for its first
+(and, at DEKR's single resolution, only) scale branch, `conv_scale_layers.0.{0,1,3}` (conv,
+BN, depthwise conv; greatlog/SWAHR-HumanPose @7555826): no official DEKR checkpoint has one,
+so a state_dict holding `conv_scale_layers.0.0.weight` is inferred to have the head.
 """
 
 import re
@@ -37,6 +42,9 @@ _HEATMAP_BLOCK_KEY = re.compile(r"head_heatmap\.0\.(\d+)\.conv1\.weight")
 _OFFSET_BLOCK_KEY = re.compile(r"offset_feature_layers\.0\.(\d+)\.adapt_conv\.weight")
 _OFFSET_FINAL_KEY = re.compile(r"offset_final_layer\.(\d+)\.weight")
 _GRID_SUFFIX, _ADAPT_SUFFIX = "regular_matrix", "adapt_conv.weight"
+# `dekr.HeatmapScaleHead` children -> indices in SWAHR's nn.Sequential (2 is the ReLU).
+_SCALE_HEAD, _SCALE_HEAD_KEY = "heatmap_scale_head", "conv_scale_layers.0"
+_SCALE_HEAD_LAYERS = {"conv": "0", "bn": "1", "depthwise_conv": "3"}
 
 
 def torch_key(collection: str, path: tuple[str, ...]) -> str:
@@ -44,11 +52,15 @@ def torch_key(collection: str, path: tuple[str, ...]) -> str:
   "kernel") in "params" -> "offset_feature_layers.3.1.adapt_conv.weight"."""
   if path[0] == "backbone":
     return hrnet_torch_import.torch_key(collection, path)
+  if path[0] == _SCALE_HEAD:  # its child names ("bn") also occur in AdaptBlocks: no rule
+    return ".".join([_SCALE_HEAD_KEY, _SCALE_HEAD_LAYERS[path[1]],
+                     weights.LEAF_NAMES[collection, path[-1]]])
   return weights.rewrite_path(_HEAD_RULES, collection, path)
 
 
 def kernel_axes(path: tuple[str, ...]):
-  """Every DEKR kernel (Conv2d and torchvision DeformConv2d alike) is [O, I, kh, kw] in torch."""
+  """Every DEKR kernel (Conv2d and torchvision DeformConv2d alike) is [O, I, kh, kw] in torch;
+  the depthwise conv's [C, 1, 9, 9] becomes flax's grouped-conv kernel [9, 9, 1, C] the same way."""
   return hrnet_torch_import.kernel_axes(path)
 
 
@@ -58,7 +70,8 @@ def _count(pattern: re.Pattern, state_dict: Mapping[str, Any], group: int = 1) -
 
 
 def infer_model(state_dict: Mapping[str, Any]) -> dekr.DEKR:
-  """The `DEKR` a state_dict was saved from: widths, block counts, K and stage spec.
+  """The `DEKR` a state_dict was saved from: widths, block counts, K, stage spec and whether
+  it has SWAHR's scale head.
 
   Dilation rates are not stored in a state_dict; the official configs use 1 (the default),
   so pass `model=` to `convert` for any other.
@@ -88,7 +101,8 @@ def infer_model(state_dict: Mapping[str, Any]) -> dekr.DEKR:
       heatmap_blocks=_count(_HEATMAP_BLOCK_KEY, state_dict),
       offset_channels_per_keypoint=int(final_shape[1]),
       offset_blocks=_count(_OFFSET_BLOCK_KEY, state_dict),
-      final_conv_kernel=int(final_shape[-1]))
+      final_conv_kernel=int(final_shape[-1]),
+      scale_head=f"{_SCALE_HEAD_KEY}.0.weight" in state_dict)
 
 
 def _grid_errors(state_dict: Mapping[str, Any]) -> list[str]:
