@@ -83,7 +83,11 @@ def procrustes_align(predictions: np.ndarray, ground_truth: np.ndarray) -> np.nd
   d = np.ones_like(singular_values)
   d[:, -1] = reflection_sign
   rotation = (u * d[:, None, :]) @ vt
-  scale = np.sum(singular_values * d, axis=-1) / np.sum(np.square(centred_prediction), axis=(1, 2))
+  # A collapsed prediction (every joint at one point, e.g. an untrained soft-argmax) has no
+  # rotation to fit: scale 0 puts it on the target's centroid instead of dividing by zero.
+  spread = np.sum(np.square(centred_prediction), axis=(1, 2))
+  scale = np.sum(singular_values * d, axis=-1) / np.where(spread > 0, spread, 1.0)
+  scale = np.where(spread > 0, scale, 0.0)
   return scale[:, None, None] * centred_prediction @ rotation + target_mean
 
 
