@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxpose.data import faults
 from jaxpose.data import keypoints as keypoints_lib
 from jaxpose.errors import DatasetError
 
@@ -49,6 +50,8 @@ class MpiiPersons:
     self.spec = spec
     entries = _load_json_list(self.annotation_file)
     self.records = [self._record(i, entry, with_joints) for i, entry in enumerate(entries)]
+    # Nothing is skipped or filtered: every entry is a record (the evaluation is by position).
+    self.scan = faults.AnnotationScan(self.annotation_file, records=self.records)
     for path in sorted({r["image_path"] for r in self.records}):
       if not os.path.isfile(path):
         raise DatasetError(f"{path}: image listed in {self.annotation_file} is missing on disk")
@@ -100,6 +103,14 @@ class MpiiPersons:
 
   def __repr__(self) -> str:
     return f"MpiiPersons({self.annotation_file}, {len(self)} persons)"
+
+
+def split_annotation_file(root: str | os.PathLike, split: str) -> Path:
+  """`annot/<split>.json` (HRNet's names) under the MPII `root`, or mmpose's
+  `annot/mpii_<split>.json` when only that exists."""
+  annot = Path(root) / "annot"
+  hrnet, mmpose = annot / f"{split}.json", annot / f"mpii_{split}.json"
+  return mmpose if not hrnet.is_file() and mmpose.is_file() else hrnet
 
 
 def _load_json_list(path: Path) -> list:

@@ -14,10 +14,14 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxpose.data import center_scale
 from jaxpose.data import coco
 from jaxpose.data import faults
 from jaxpose.data import keypoints as keypoints_lib
+from jaxpose.data import mpii
+from jaxpose.data import sources
 from jaxpose.data import synthetic
+from jaxpose.data import synthetic_mpii
 from jaxpose.data import tfds_source
 from jaxpose.data import transforms
 from jaxpose.errors import UserError
@@ -27,6 +31,8 @@ HEATMAP_STRIDE = 4  # SimpleBaseline/HRNet heads predict at 1/4 of the input res
 # `skipped`: 1 for a sample whose image could not be used (zero target weight; see
 # `transforms.DecodeImage`); the train step sums it into `skipped_samples`.
 TRAIN_KEYS = ("image", "heatmaps", "target_weight", "skipped")
+# The RLE family (SADI-Net) also needs the joints in input-crop pixels, `keypoints` [B, K, 3].
+RLE_TRAIN_KEYS = TRAIN_KEYS + ("keypoints",)
 EVAL_KEYS = ("image", "center_xy", "scale_wh", "record_index", "skipped")
 
 
@@ -36,16 +42,33 @@ class SplitFiles:
   image_dir: Path
 
 
+def _synthetic_coco(data_config: ml_collections.ConfigDict) -> synthetic.SyntheticPaths:
+  s = data_config.synthetic
+  root = Path(os.path.expanduser(s.cache_dir)) / (
+      f"synthetic-coco-v{synthetic.FORMAT_VERSION}-seed{s.seed}-n{s.num_train_images}-{s.num_val_images}"
+      f"-{s.image_size}px")
+  return synthetic.ensure_synthetic_dataset(
+      root, num_train_images=s.num_train_images, num_val_images=s.num_val_images,
+      seed=s.seed, image_size_hw=(s.image_size, s.image_size))
+
+
+def mpii_root(data_config: ml_collections.ConfigDict) -> Path:
+  """The folder in HRNet's MPII layout (annot/, images/): `data.root` for source "mpii"; for
+  "synthetic" the MPII relabelling of the synthetic set (`synthetic_mpii`), made on first use."""
+  if data_config.source == "synthetic":
+    coco_paths = _synthetic_coco(data_config)
+    root = coco_paths.root.with_name(
+        f"synthetic-mpii-v{synthetic_mpii.FORMAT_VERSION}-from-{coco_paths.root.name}")
+    return synthetic_mpii.ensure_synthetic_mpii(coco_paths, root).root
+  if not data_config.root:
+    raise UserError("config key data.root: set it to the MPII folder (with annot/, images/)")
+  return Path(os.path.expanduser(data_config.root))
+
+
 def split_files(data_config: ml_collections.ConfigDict, split: str) -> SplitFiles:
   """Where a split lives on disk; generates the synthetic dataset on first use."""
   if data_config.source == "synthetic":
-    s = data_config.synthetic
-    root = Path(os.path.expanduser(s.cache_dir)) / (
-        f"synthetic-coco-v{synthetic.FORMAT_VERSION}-seed{s.seed}-n{s.num_train_images}-{s.num_val_images}"
-        f"-{s.image_size}px")
-    paths = synthetic.ensure_synthetic_dataset(
-        root, num_train_images=s.num_train_images, num_val_images=s.num_val_images,
-        seed=s.seed, image_size_hw=(s.image_size, s.image_size))
+    paths = _synthetic_coco(data_config)
     if split == "train":
       return SplitFiles(paths.train_annotations, paths.train_images_dir)
     return SplitFiles(paths.val_annotations, paths.val_images_dir)
@@ -63,6 +86,15 @@ def open_split(config: ml_collections.ConfigDict, split: str) -> coco.CocoPerson
   if config.data.source == "tfds":
     # Made by `python -m jaxpose.data.prepare`; records equal the raw reader's (+ image_bytes).
     return tfds_source.TfdsSource(config.data.tfds_dir, split, spec)
+  if spec.dataset == "mpii" and config.data.source in ("mpii", "synthetic"):
+    root = mpii_root(config.data)
+    return mpii.MpiiPersons(mpii.split_annotation_file(root, split), root / "images", spec,
+                            with_joints=split != "test")
+  if config.data.source == "lsp":
+    source = sources.open_source("lsp", config.data.root, split, spec)
+    # The LSP reader skips nothing; the trainer logs the (zero) counts of every source.
+    source.scan = faults.AnnotationScan(source.annotation_file, records=source.records)
+    return source
   files = split_files(config.data, split)
   return coco.CocoPersonBoxes(files.annotation_file, files.image_dir, spec)
 
@@ -86,13 +118,15 @@ def _read_options(config) -> grain.ReadOptions:
 
 
 def train_dataset(config: ml_collections.ConfigDict, source: coco.CocoPersonBoxes,
-                  local_batch_size: int) -> grain.IterDataset:
+                  local_batch_size: int, keys: tuple[str, ...] = TRAIN_KEYS
+                  ) -> grain.IterDataset:
   """An endless, augmented, batched train stream: this process's rows of each global batch.
 
   Every process walks the same shuffled, augmented stream (a random-access MapDataset, so
   nothing is decoded twice) and takes every `process_count`-th local batch of it: process p
   reads rows [p*b, (p+1)*b) of each global batch. Global batches, and so training, are the
-  same for any number of processes with the same global batch size.
+  same for any number of processes with the same global batch size. `keys`: what a batch
+  holds (`TRAIN_KEYS`, or `RLE_TRAIN_KEYS` for the RLE family).
   """
   input_wh, heatmap_wh = input_and_heatmap_wh(config)
   spec, aug = source.spec, config.augment
@@ -103,7 +137,7 @@ def train_dataset(config: ml_collections.ConfigDict, source: coco.CocoPersonBoxe
   # Shuffle gets its own seed, and before repeat so each epoch is a fresh permutation.
   ds = ds.shuffle(seed=config.seed).repeat().seed(config.seed + 1)
   ds = ds.map(transforms.DecodeImage())
-  ds = ds.map(transforms.BoxToCenterScale(input_wh, aug.box_padding))
+  ds = ds.map(center_scale.crop_frame(source, input_wh, aug.box_padding))
   if aug.half_body_prob > 0:
     ds = ds.random_map(transforms.RandomHalfBody(
         tuple(int(i) for i in spec.upper_body_ids), input_wh, aug.half_body_prob,
@@ -115,7 +149,7 @@ def train_dataset(config: ml_collections.ConfigDict, source: coco.CocoPersonBoxe
   ds = ds.map(transforms.AffineCrop(input_wh))
   ds = ds.map(transforms.EncodeHeatmaps(input_wh, heatmap_wh, config.input.heatmap_sigma))
   ds = ds.map(transforms.MaskSkipped())
-  ds = ds.map(transforms.KeepKeys(TRAIN_KEYS))
+  ds = ds.map(transforms.KeepKeys(tuple(keys)))
   ds = ds.batch(local_batch_size, drop_remainder=True)[jax.process_index()::jax.process_count()]
   iter_ds = ds.to_iter_dataset(_read_options(config))
   if config.input.num_workers > 0:
@@ -167,7 +201,7 @@ def eval_dataset(config: ml_collections.ConfigDict, source: coco.CocoPersonBoxes
   num_batches = -(-len(source) // global_batch_size)
   ds = grain.MapDataset.source(PaddedToBatches(source, num_batches * global_batch_size))
   ds = ds.map(transforms.DecodeImage())
-  ds = ds.map(transforms.BoxToCenterScale(input_wh, config.augment.box_padding))
+  ds = ds.map(center_scale.crop_frame(source, input_wh, config.augment.box_padding))
   if crop_scales:
     ds = ds.map(PyramidCrop(input_wh, tuple(float(s) for s in crop_scales)))
   else:

@@ -5,9 +5,12 @@ json read by `detections.split_detection_boxes`), runs the jitted predict step (
 `eval.multi_scale` image pyramid, argmax + quarter-pixel or DARK refinement), maps keypoints
 back to image pixels, rescores (box score x mean confident keypoint score) and OKS-NMSes per
 image as HRNet's `COCODataset.evaluate`, writes the COCO results json and scores it with
-pycocotools.
+pycocotools. MPII and LSP (single-person benchmarks, no boxes) skip rescoring and NMS and
+are scored per annotated person: PCKh against HRNet's gt_valid.mat, PCK@0.2 against
+LSP's joints.mat (`score_by_position`).
 """
 
+import json
 import math
 import os
 from collections import defaultdict
@@ -25,6 +28,11 @@ from jaxpose.data import pipeline
 from jaxpose.errors import UserError
 from jaxpose.evaluation import coco_eval
 from jaxpose.evaluation import detections
+from jaxpose.evaluation import lsp_eval
+from jaxpose.evaluation import mpii_eval
+
+# Single-person benchmarks scored per annotated person, in file order, instead of COCO AP.
+_SCORED_BY_POSITION = ("mpii", "lsp")
 
 
 def predict_options(config) -> dict:
@@ -104,9 +112,45 @@ def predict_keypoints(config, model, variables, mesh, source) -> dict[str, np.nd
     collected["record_index"].append(record_index[real])
   predictions = {k: np.concatenate(v) for k, v in collected.items()}
   records = [source.records[i] for i in predictions["record_index"]]
-  predictions["image_id"] = np.array([r.image_id for r in records], np.int64)
-  predictions["annotation_id"] = np.array([r.annotation_id for r in records], np.int64)
+  predictions["image_id"] = np.array([_field(r, "image_id") for r in records], np.int64)
+  predictions["annotation_id"] = np.array([_field(r, "annotation_id") for r in records], np.int64)
   return predictions
+
+
+def _field(record, name: str):
+  """A record's field: COCO sources hold dataclasses, MPII and LSP sources dicts."""
+  return record[name] if isinstance(record, dict) else getattr(record, name)
+
+
+def keypoints_in_record_order(predictions: dict[str, np.ndarray], num_records: int) -> np.ndarray:
+  """[num_records, K, 3] predictions by record position, NaN for records without one (an
+  unreadable image): the benchmarks (MPII, LSP) score persons by position and count NaN as
+  a miss."""
+  ordered = np.full((num_records, *predictions["keypoints"].shape[1:]), np.nan)
+  ordered[predictions["record_index"]] = predictions["keypoints"]
+  return ordered
+
+
+def score_by_position(config, ground_truth, predictions) -> dict[str, float]:
+  """PCKh (MPII: `mpii_eval`, against the split's gt_valid.mat) or PCK@0.2 (LSP: `lsp_eval`)
+  of person-ordered predictions, as fractions: "PCKh@0.5" (the benchmark's Mean), "PCKh@0.1",
+  and per joint group "PCKh@0.5_<group>", "PCKh@0.1_<group>" (LSP: "PCK@0.2", "PCK@0.2_<group>")."""
+  ordered = keypoints_in_record_order(predictions, len(ground_truth))
+  if ground_truth.spec.dataset == "lsp":
+    table = lsp_eval.evaluate_lsp_joints(Path(ground_truth.annotation_file), ordered)
+    return {("PCK@0.2" if name == "Mean" else f"PCK@0.2_{name}"): value / 100.0
+            for name, value in table.items()}
+  gt_valid = ground_truth.annotation_file.parent / "gt_valid.mat"
+  if not gt_valid.is_file():
+    raise UserError(f"config key data.val_split: {gt_valid} not found; MPII is scored against "
+                    "HRNet's annot/gt_valid.mat (the valid split)")
+  table = mpii_eval.evaluate_gt_valid(gt_valid, ordered)
+  metrics = {}
+  for name, value in table.items():
+    group, _, threshold = name.partition("@")
+    key = f"PCKh@{threshold or '0.5'}"
+    metrics[key if group == "Mean" else f"{key}_{group}"] = value / 100.0
+  return metrics
 
 
 def _save_visualization(path: Path, ground_truth, results: list[dict], num_images: int) -> None:
@@ -134,10 +178,24 @@ def evaluate(config, model, variables, mesh, workdir: Path, step: int) -> dict[s
   the other processes return {}.
   """
   ground_truth = pipeline.open_split(config, config.data.val_split)
+  by_position = ground_truth.spec.dataset in _SCORED_BY_POSITION
+  if by_position and config.eval.person_boxes != "gt":
+    raise UserError(f"config key eval.person_boxes: {ground_truth.spec.dataset} is scored on "
+                    "its annotated persons; set it to 'gt'")
   source = open_person_boxes(config, ground_truth)
   predictions = predict_keypoints(config, model, variables, mesh, source)
   if jax.process_index() != 0:
     return {}
+  if by_position:
+    metrics = score_by_position(config, ground_truth, predictions)
+    # Person-ordered predictions (0-based image pixels, score; NaN: no prediction).
+    ordered = keypoints_in_record_order(predictions, len(ground_truth))
+    (workdir / f"results_val_step{step}.json").write_text(json.dumps(
+        {"keypoints_xy_score": np.where(np.isnan(ordered), None, ordered).tolist()}))
+    metrics.update(skipped_samples=float(len(source) - len(predictions["image_id"])),
+                   dataset_skipped_persons=float(ground_truth.scan.skipped_persons),
+                   dataset_filtered_persons=float(ground_truth.scan.filtered_persons))
+    return metrics
   results = coco_eval.rescore_and_nms(
       image_ids=predictions["image_id"], keypoints=predictions["keypoints"],
       box_scores=box_scores(source, predictions["record_index"]),
