@@ -79,15 +79,21 @@ def topdown_augmentation(**overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(aug)
 
 
-def train_loop(log_every_steps: int, checkpoint_every_steps: int, keep_checkpoints: int = 2
-               ) -> ml_collections.ConfigDict:
-  """The `train` block; the config then sets exactly one of `total_steps`, `total_epochs`."""
+def train_loop(log_every_steps: int, checkpoint_every_steps: int, keep_checkpoints: int = 2,
+               eval_every_steps: int = 0) -> ml_collections.ConfigDict:
+  """The `train` block; the config then sets exactly one of `total_steps`, `total_epochs`.
+
+  eval_every_steps: also evaluate on the val split every this many steps while training
+    (mmpose's `val_interval`), each result a row of metrics.jsonl; 0: only after training
+    (`--mode train_and_eval`).
+  """
   return ml_collections.ConfigDict(dict(
       total_steps=placeholder(int),
       total_epochs=placeholder(float),
       log_every_steps=log_every_steps,
       checkpoint_every_steps=checkpoint_every_steps,
       keep_checkpoints=keep_checkpoints,
+      eval_every_steps=eval_every_steps,
   ))
 
 
@@ -130,8 +136,81 @@ def adam_step_schedule(base_lr: float, base_batch_size: int, decay_factor: float
   ))
 
 
-def schema() -> dict:
-  """Every key a config holds and its type; `jaxpose.config_check` checks configs against it.
+def bottomup_augmentation(**overrides) -> ml_collections.ConfigDict:
+  """DEKR's whole-image augmentation (its COCO yamls; SAMKR Sec. IV-A uses the same values):
+  scale ~ U[min_scale, max_scale), rotation ~ U[-max_rotation, max_rotation] degrees,
+  translation up to max_translate x the image's short side (DEKR's MAX_TRANSLATE 40 / 200),
+  horizontal flip."""
+  aug = dict(max_rotation=30.0, min_scale=0.75, max_scale=1.5, max_translate=0.2,
+             flip_probability=0.5)
+  aug.update(overrides)
+  return ml_collections.ConfigDict(aug)
+
+
+def bottomup_targets(**overrides) -> ml_collections.ConfigDict:
+  """DEKR's target generators (its COCO yamls): keypoint heatmap sigma 2, centre sigma 4,
+  background weight 0.1 on the heatmaps, offsets within radius 4 of each centre."""
+  targets = dict(sigma=2.0, center_sigma=4.0, background_weight=0.1, offset_radius=4)
+  targets.update(overrides)
+  return ml_collections.ConfigDict(targets)
+
+
+def bottomup_loss(heatmap_loss: str = "dekr", **overrides) -> ml_collections.ConfigDict:
+  """The bottom-up `loss` block (`jaxpose.losses.bottomup.LossConfig`): "dekr" (DEKR's
+  weighted MSE) or "swahr" (SWAHR's scale-adaptive heatmap loss); DEKR's factors 1 / 0.03."""
+  loss = dict(heatmap_loss=heatmap_loss, heatmap_factor=1.0, offset_factor=0.03,
+              scale_factor=1.0)
+  loss.update(overrides)
+  return ml_collections.ConfigDict(loss)
+
+
+def bottomup_eval(batch_size: int, input_size: int, canvas_size: int, num_visualize: int = 4,
+                  **overrides) -> ml_collections.ConfigDict:
+  """The bottom-up `eval` block: DEKR's single-scale test with flip (its COCO yamls).
+
+  input_size: the short side images are resized to (DEKR's INPUT_SIZE); canvas_size: the
+    square every resized image is padded into, so the predict step compiles once (an image
+    that does not fit is resized smaller and counted in `eval_images_shrunk`).
+  max_people, center_threshold, nms_distance, nms_min_joints: DEKR's MAX_NUM_PEOPLE,
+    KEYPOINT_THRESHOLD, NMS_THRE, NMS_NUM_THRE (COCO 30 / 0.01 / 0.05 / 8).
+  """
+  block = dict(batch_size=batch_size, flip_test=True, input_size=input_size,
+               canvas_size=canvas_size, max_people=30, center_threshold=0.01,
+               nms_distance=0.05, nms_min_joints=8, num_visualize=num_visualize)
+  block.update(overrides)
+  return ml_collections.ConfigDict(block)
+
+
+def integral_augmentation(**overrides) -> ml_collections.ConfigDict:
+  """SAN Sec. 3.5 augmentation with integral-human-pose's samplers (`common/utility/augment.py`):
+  scale ~ clip(N(1, s), 1-s, 1+s), rotation ~ clip(N(0, r), -2r, 2r) degrees with
+  probability rotation_prob, flip 0.5, centre shifted by U(+-translate_factor) x box size; the
+  RLE box cropped without extra padding (box_padding 1.0)."""
+  aug = dict(flip=True, scale_factor=0.3, rotation_factor=15.0, rotation_prob=0.6,
+             translate_factor=0.02, box_padding=1.0)
+  aug.update(overrides)
+  return ml_collections.ConfigDict(aug)
+
+
+def integral_eval(batch_size: int) -> ml_collections.ConfigDict:
+  """The integral family's `eval` block: flip test (integral-human-pose's `validNet`)."""
+  return ml_collections.ConfigDict(dict(batch_size=batch_size, flip_test=True))
+
+
+def sadinet_loss(chi: str = "sigma", rle_weight: float = 1.0, dlm: bool = True
+                 ) -> ml_collections.ConfigDict:
+  """The "topdown_rle" `loss` block (`jaxpose.rle_step`): SADI-Net eq. 8 with chi "sigma"
+  (default), "sum" or "sigma_swapped" (Table V, `losses.rle.CHI_MODES`), plus rle_weight x
+  the RLE loss (eq. 4); dlm False trains on L(H1) alone (Table III's RFM row)."""
+  return ml_collections.ConfigDict(dict(chi=chi, rle_weight=rle_weight, dlm=dlm))
+
+
+KINDS_WITH_SCHEMA = ("topdown", "bottomup", "integral", "topdown_rle")
+
+
+def schema(kind: str = "topdown") -> dict:
+  """Every key a config of model kind `kind` (`jaxpose.models.KINDS`) holds and its type;
+  `jaxpose.config_check` checks configs against it.
 
   Leaves are types: `int` (not bool), `float` (an int will do), `bool`, `str`, `tuple`
   (a tuple or list of any length), `tuple[int, int]`, `dict` (free keys: `model.options` is
@@ -140,20 +219,34 @@ def schema() -> dict:
   added there is known here; `model`, `data` and `input`, which each config writes out, are
   declared here.
   """
-  return dict(
+  if kind not in KINDS_WITH_SCHEMA:
+    raise ValueError(f"no config schema for model kind {kind!r}; known: {KINDS_WITH_SCHEMA}")
+  shared = dict(
       seed=int,
       model=dict(name=str, dtype=str, options=dict, **_types_of(pretrained_init())),
       data=dict(
           source=str, keypoints=str, root=str, tfds_dir=str, train_split=str, val_split=str,
           synthetic=dict(num_train_images=int, num_val_images=int, image_size=int, seed=int,
                          cache_dir=str)),
-      input=dict(size_hw=tuple[int, int], heatmap_sigma=float, batch_size=int,
-                 num_workers=int, read_threads=int, prefetch_batches=int),
-      augment=_types_of(topdown_augmentation()),
+      input=dict(size_hw=tuple[int, int], batch_size=int, num_workers=int, read_threads=int,
+                 prefetch_batches=int),
       optim=_types_of(adam_step_schedule(base_lr=1.0, base_batch_size=1)),
       train=_types_of(train_loop(log_every_steps=1, checkpoint_every_steps=1)),
-      eval=_types_of(topdown_eval(batch_size=1)),
   )
+  if kind == "bottomup":
+    return dict(shared, augment=_types_of(bottomup_augmentation()),
+                targets=_types_of(bottomup_targets()), loss=_types_of(bottomup_loss()),
+                eval=_types_of(bottomup_eval(batch_size=1, input_size=1, canvas_size=1)))
+  if kind == "integral":
+    shared["data"]["protocol"] = int
+    return dict(shared, augment=_types_of(integral_augmentation()),
+                eval=_types_of(integral_eval(batch_size=1)))
+  shared["input"]["heatmap_sigma"] = float
+  if kind == "topdown_rle":
+    return dict(shared, augment=_types_of(topdown_augmentation()),
+                eval=_types_of(topdown_eval(batch_size=1)), loss=_types_of(sadinet_loss()))
+  return dict(shared, augment=_types_of(topdown_augmentation()),
+              eval=_types_of(topdown_eval(batch_size=1)))
 
 
 def _types_of(block) -> dict:

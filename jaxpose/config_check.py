@@ -6,7 +6,8 @@ cannot catch because the file itself created the key) fails in a second, not aft
 dataset has opened or the step has compiled.
 
 What is checked, and against what (nothing is a hand-copied list per config):
-  keys and types    `configs.common.schema()`, built from the shared config blocks;
+  keys and types    `configs.common.schema(kind)` of the model's kind (`jaxpose.families`),
+                    built from the shared config blocks;
   model.options     the fields of the flax module the preset builds (and their annotations);
   names             the registries: `models.MODELS`/`KINDS`, `optim.OPTIMIZERS`,
                     `keypoints.SPECS`, `_DATA_SOURCES`;
@@ -33,16 +34,21 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from configs import common
+from jaxpose import families
 from jaxpose import models
 from jaxpose import optim
 from jaxpose.codecs import heatmap as heatmap_codec
 from jaxpose.data import keypoints as keypoints_lib
+from jaxpose.data import bottomup_pipeline
 from jaxpose.data import pipeline
 from jaxpose.errors import UserError
+from jaxpose.losses import bottomup as bottomup_losses
 
-# The sources `pipeline.split_files` opens.
-_DATA_SOURCES = ("coco", "synthetic", "tfds")
+# The sources each kind's `open_split` opens.
+_DATA_SOURCES = {"topdown": ("coco", "synthetic", "tfds", "mpii", "lsp"),
+                 "topdown_rle": ("coco", "synthetic", "tfds", "mpii", "lsp"),
+                 "bottomup": ("coco", "synthetic", "crowdpose"),
+                 "integral": ("h36m", "synthetic")}
 # Module fields the trainer fills from other keys, so `model.options` may not set them.
 _FIELDS_FROM_CONFIG = {"num_keypoints": "data.keypoints", "dtype": "model.dtype"}
 _FLAX_FIELDS = ("parent", "name")
@@ -96,12 +102,37 @@ _RANGES = {
     "train.log_every_steps": _AT_LEAST_1,
     "train.checkpoint_every_steps": _AT_LEAST_1,
     "train.keep_checkpoints": _AT_LEAST_1,
+    "train.eval_every_steps": _NON_NEGATIVE,
     "eval.batch_size": _AT_LEAST_1,
     "eval.keypoint_score_threshold": _PROBABILITY,
     "eval.oks_nms_threshold": _PROBABILITY,
     "eval.num_visualize": _NON_NEGATIVE,
     "eval.box_score_threshold": _PROBABILITY,
     "eval.multi_scale": _POSITIVE,
+    # Bottom-up blocks (`common.bottomup_*`).
+    "augment.max_rotation": _NON_NEGATIVE,
+    "augment.min_scale": _POSITIVE,
+    "augment.max_scale": _POSITIVE,
+    "augment.max_translate": _NON_NEGATIVE,
+    "augment.flip_probability": _PROBABILITY,
+    "targets.sigma": _POSITIVE,
+    "targets.center_sigma": _POSITIVE,
+    "targets.background_weight": _NON_NEGATIVE,
+    "targets.offset_radius": _NON_NEGATIVE,
+    "loss.heatmap_factor": _NON_NEGATIVE,
+    "loss.offset_factor": _NON_NEGATIVE,
+    "loss.scale_factor": _NON_NEGATIVE,
+    "eval.input_size": _AT_LEAST_1,
+    "eval.canvas_size": _AT_LEAST_1,
+    "eval.max_people": _AT_LEAST_1,
+    "eval.center_threshold": _PROBABILITY,
+    "eval.nms_distance": _NON_NEGATIVE,
+    "eval.nms_min_joints": _NON_NEGATIVE,
+    # Integral (SAN) blocks (`common.integral_*`).
+    "augment.translate_factor": _NON_NEGATIVE,
+    "data.protocol": Range(1, 2),
+    # topdown_rle (SADI-Net) `loss` block (`common.sadinet_loss`).
+    "loss.rle_weight": _NON_NEGATIVE,
 }
 
 
@@ -111,10 +142,12 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
 
   device_count, process_count: default to this runtime's (`jax.device_count()`, ...).
   """
-  _check_block(config, common.schema(), "")
+  kind = _check_model_name(config)
+  _check_block(config, families.for_config(config).schema(), "")
   for key, allowed in _RANGES.items():
-    _check_range(key, _lookup(config, key), allowed)
-  _check_names(config)
+    if _has(config, key):  # each kind's schema holds some of these keys
+      _check_range(key, _lookup(config, key), allowed)
+  _check_names(config, kind)
   _check_schedule(config.train, config.optim)
   device_count = jax.device_count() if device_count is None else device_count
   process_count = jax.process_count() if process_count is None else process_count
@@ -124,13 +157,15 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
       if size % count:
         raise UserError(f"config key {block}.batch_size: {size} is not divisible by the "
                         f"{count} {what}")
-  if config.data.source == "coco" and not config.data.root:
-    raise UserError("config key data.root: empty; data.source 'coco' reads "
-                    "<root>/annotations/person_keypoints_<split>.json")
+  if config.data.source not in ("synthetic", "tfds") and not config.data.root:
+    raise UserError(f"config key data.root: empty; data.source {config.data.source!r} reads "
+                    "its files under it (the layout in the README)")
   if config.data.source == "tfds" and not config.data.tfds_dir:
     raise UserError("config key data.tfds_dir: empty; data.source 'tfds' reads the --dst "
                     "folder of `python -m jaxpose.data.prepare`")
   _check_model_options(config.model)
+  if kind == "bottomup":
+    bottomup_pipeline.input_size(config)  # square, a multiple of 32
   _check_heatmap_shape(config)
 
 
@@ -140,6 +175,14 @@ def _show(value: Any) -> str:
     value = value.to_dict()
   text = " ".join(repr(value).split())
   return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _has(config: ml_collections.ConfigDict, dotted: str) -> bool:
+  try:
+    _lookup(config, dotted)
+  except (KeyError, AttributeError):
+    return False
+  return True
 
 
 def _lookup(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -229,22 +272,31 @@ def _check_name(key: str, value: str, known) -> None:
     raise UserError(f"config key {key}: unknown {value!r}; known: {sorted(known)}")
 
 
-def _check_names(config: ml_collections.ConfigDict) -> None:
+def _check_model_name(config: ml_collections.ConfigDict) -> str:
+  """The model's kind, which decides the rest of the schema; UserError if no family trains it."""
+  if not isinstance(config.get("model"), (ml_collections.ConfigDict, Mapping)) or not isinstance(
+      config.model.get("name"), str):
+    raise UserError("config key model.name: missing or not a string")
+  families.for_config(config)
+  return models.KINDS[config.model.name]
+
+
+def _check_names(config: ml_collections.ConfigDict, kind: str) -> None:
   _check_name("data.keypoints", config.data.keypoints, keypoints_lib.SPECS)
-  _check_name("data.source", config.data.source, _DATA_SOURCES)
+  _check_name("data.source", config.data.source, _DATA_SOURCES.get(kind, _DATA_SOURCES["topdown"]))
   _check_name("optim.name", config.optim.name, optim.OPTIMIZERS)
-  _check_name("eval.decode", config.eval.decode, heatmap_codec.DECODERS)
+  if kind == "bottomup":
+    _check_name("loss.heatmap_loss", config.loss.heatmap_loss, bottomup_losses.HEATMAP_LOSSES)
+    if config.loss.heatmap_loss == "swahr" and not config.model.options.get("scale_head"):
+      raise UserError("config key loss.heatmap_loss: 'swahr' reads SWAHR's scale maps; set "
+                      "model.options.scale_head=True (or use 'dekr')")
+  if "decode" in config.eval:
+    _check_name("eval.decode", config.eval.decode, heatmap_codec.DECODERS)
   # "gt" or a detection results json; checked now, not after training, when evaluation opens it.
-  if config.eval.person_boxes != "gt" and not os.path.isfile(
+  if "person_boxes" in config.eval and config.eval.person_boxes != "gt" and not os.path.isfile(
       os.path.expanduser(config.eval.person_boxes)):
     raise UserError(f"config key eval.person_boxes: {config.eval.person_boxes!r} is neither 'gt' "
                     "nor an existing detection results json")
-  _check_name("model.name", config.model.name, models.MODELS)
-  kind = models.KINDS[config.model.name]
-  if kind != "topdown":
-    trainable = sorted(name for name, k in models.KINDS.items() if k == "topdown")
-    raise UserError(f"config key model.name: {config.model.name!r} is a {kind} model; this "
-                    f"trainer trains top-down heatmap models: {trainable}")
   try:
     dtype = jnp.dtype(config.model.dtype)
   except (TypeError, ValueError):
@@ -327,8 +379,10 @@ def _heatmap_shape(name: str, options: tuple, dtype: str, num_keypoints: int,
   """The model's heatmap shape for one [1, H, W, 3] image: traced by eval_shape, not compiled."""
   model = models.build(name, num_keypoints=num_keypoints, dtype=jnp.dtype(dtype), **dict(options))
   init = functools.partial(model.init_with_output, train=False)
-  (heatmaps, _), _ = jax.eval_shape(init, jax.random.key(0),
-                                    jax.ShapeDtypeStruct((1, *size_hw, 3), jnp.float32))
+  (outputs, _), _ = jax.eval_shape(init, jax.random.key(0),
+                                   jax.ShapeDtypeStruct((1, *size_hw, 3), jnp.float32))
+  # Bottom-up models return (heatmaps with the centre map last, offsets).
+  heatmaps = outputs[0] if isinstance(outputs, tuple) else outputs
   return tuple(heatmaps.shape)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxpose import checkpoint as checkpoint_lib
 from jaxpose import config_check
+from jaxpose import families
 from jaxpose import mesh as mesh_lib
 from jaxpose import metrics_log
 from jaxpose import models
@@ -24,23 +25,14 @@ from jaxpose import pretrained
 from jaxpose import step as step_lib
 from jaxpose import workdir as workdir_lib
 from jaxpose.data import keypoints as keypoints_lib
-from jaxpose.data import pipeline
 from jaxpose.errors import Preempted, TrainingDiverged, UserError
-from jaxpose.evaluation import topdown
 
 MODES = ("train", "eval", "train_and_eval")
 
 
 def build_model(config: ml_collections.ConfigDict):
   spec = keypoints_lib.get_spec(config.data.keypoints)
-  if config.model.name not in models.MODELS:
-    raise UserError(f"config key model.name: unknown model {config.model.name!r}; "
-                    f"known: {sorted(models.MODELS)}")
-  if models.KINDS[config.model.name] != "topdown":
-    topdown = sorted(name for name, kind in models.KINDS.items() if kind == "topdown")
-    raise UserError(f"config key model.name: {config.model.name!r} is a "
-                    f"{models.KINDS[config.model.name]} model; this trainer trains top-down "
-                    f"heatmap models: {topdown}")
+  families.for_config(config)  # a model no family trains fails here, naming the ones it can
   return models.build(config.model.name, num_keypoints=spec.num_keypoints,
                       dtype=jnp.dtype(config.model.dtype), **config.model.options)
 
@@ -90,8 +82,12 @@ class _Progress:
             f"{row['images_per_second']:.1f} img/s  eta {eta / 60:.1f} min")
 
 
-def train(config, workdir: Path, model, mesh, checkpointer, log) -> step_lib.TrainState:
-  source = pipeline.open_split(config, config.data.train_split)
+def train(config, workdir: Path, model, mesh, checkpointer, log, evaluate=None
+          ) -> step_lib.TrainState:
+  """Trains to `train.total_steps`, resuming from the latest checkpoint; `evaluate(state)` is
+  called every `train.eval_every_steps` steps before the last."""
+  family = families.for_config(config)
+  source = family.open_split(config, config.data.train_split)
   # Persons left out when the split was opened: constant for the run, carried by every row.
   dataset_counts = dict(dataset_skipped_persons=float(source.scan.skipped_persons),
                         dataset_filtered_persons=float(source.scan.filtered_persons))
@@ -109,7 +105,7 @@ def train(config, workdir: Path, model, mesh, checkpointer, log) -> step_lib.Tra
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       jax.eval_shape(init_fn, init_rng))
 
-  data_iterator = iter(pipeline.train_dataset(
+  data_iterator = iter(family.train_dataset(
       config, source, global_batch_size // jax.process_count()))
   latest = checkpointer.latest_step()
   if latest is not None:
@@ -126,22 +122,23 @@ def train(config, workdir: Path, model, mesh, checkpointer, log) -> step_lib.Tra
            f" from {config.model.init_from}")
   start_step = int(state.step)
   _say(f"training {config.model.name} for {total_steps} steps ({steps_per_epoch} steps/epoch, "
-       f"global batch {global_batch_size}, {len(source)} persons) on {jax.device_count()} devices")
+       f"global batch {global_batch_size}, {len(source)} records) on {jax.device_count()} devices")
 
   train_step = jax.jit(
-      step_lib.make_train_step(model, tx),
+      family.make_train_step(model, tx, config),
       in_shardings=(replicated, mesh_lib.batch_sharding(mesh), replicated),
       out_shardings=(replicated, replicated), donate_argnums=0)
   progress = _Progress(total_steps, start_step, schedule, dataset_counts)
   with preemption.StopRequest() as stop:
     state = _train_loop(config, train_step, state, data_iterator, mesh, step_rng, start_step,
-                        total_steps, progress, checkpointer, log, stop)
+                        total_steps, progress, checkpointer, log, stop, evaluate)
   checkpointer.wait()
   return state
 
 
 def _train_loop(config, train_step, state, data_iterator, mesh, step_rng, start_step: int,
-                total_steps: int, progress, checkpointer, log, stop) -> step_lib.TrainState:
+                total_steps: int, progress, checkpointer, log, stop, evaluate
+                ) -> step_lib.TrainState:
   # Rows past the restored step, or any row for a new run (a run killed before its first
   # checkpoint leaves some), are steps this run computes and logs again.
   log.truncate_after(start_step)
@@ -183,6 +180,9 @@ def _train_loop(config, train_step, state, data_iterator, mesh, step_rng, start_
       _say(progress.line(step, row))
     if checkpoint_due:
       checkpointer.save(step, state, data_iterator)
+    eval_every = config.train.eval_every_steps
+    if evaluate is not None and eval_every and step % eval_every == 0 and step < total_steps:
+      evaluate(state)
     if stopping and step < total_steps:
       checkpointer.wait()
       raise Preempted(f"SIGTERM: stopped after step {step} with a checkpoint in "
@@ -217,20 +217,28 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, mode: str = "tra
   model = build_model(config)
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints)
   log = metrics_log.MetricsLog(workdir)
+
+  def evaluate(state: step_lib.TrainState) -> dict[str, float]:
+    step = int(state.step)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    results = families.for_config(config).evaluate(config, model, variables, mesh, workdir, step)
+    log.write(step, results)
+    _say("eval step {}: {}".format(step, "  ".join(f"{k} {v:.4f}" for k, v in results.items())))
+    return results
+
   try:
     if mode == "eval":
       state = restore_for_eval(config, model, mesh, checkpointer)
     else:
-      state = train(config, workdir, model, mesh, checkpointer, log)
+      state = train(config, workdir, model, mesh, checkpointer, log, evaluate)
     if mode == "train":
       return {}
+    results = evaluate(state)
     step = int(state.step)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    results = topdown.evaluate(config, model, variables, mesh, workdir, step)
-    log.write(step, results)
-    _say("eval step {}: {}".format(step, "  ".join(f"{k} {v:.4f}" for k, v in results.items())))
-    _say(f"results in {workdir}: metrics.jsonl, results_val_step{step}.json, "
-         f"predictions_val_step{step}.png")
+    written = [name for name in ("metrics.jsonl", f"results_val_step{step}.json",
+                                 f"predictions_val_step{step}.png")
+               if (Path(workdir) / name).exists()]  # each family writes what it has
+    _say(f"results in {workdir}: {', '.join(written)}")
     return results
   finally:
     checkpointer.close()

@@ -223,9 +223,11 @@ class HRNetBackbone(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> list[jax.Array]:
+    # A config writes stages as plain (num_modules, num_branches, num_blocks) triples.
+    stages = tuple(StageSpec(*spec) for spec in self.stages)
     # Stem /4, then one stride-2 step per extra branch; fuse units upsample by exact powers
     # of two, so every branch size must divide evenly (32 for the 4-branch networks).
-    total_stride = 4 * 2**(max(spec.num_branches for spec in self.stages) - 1)
+    total_stride = 4 * 2**(max(spec.num_branches for spec in stages) - 1)
     height, width = images.shape[1:3]
     if height % total_stride or width % total_stride:
       raise ValueError(f"HRNet needs H and W divisible by {total_stride}, got images of shape "
@@ -239,12 +241,12 @@ class HRNetBackbone(nn.Module):
       x = Bottleneck(_LAYER1_PLANES, dtype=self.dtype, name=f"layer1_block{n}")(x, train=train)
 
     features = [x]
-    for s, spec in enumerate(self.stages):
+    for s, spec in enumerate(stages):
       channels = tuple(self.width * 2**b for b in range(spec.num_branches))
       features = Transition(channels, dtype=self.dtype,
                             name=f"transition{s + 1}")(features, train=train)
       for m in range(spec.num_modules):
-        is_last_module = s == len(self.stages) - 1 and m == spec.num_modules - 1
+        is_last_module = s == len(stages) - 1 and m == spec.num_modules - 1
         features = HighResolutionModule(
             spec.num_blocks, multi_scale_output=self.multi_scale_output or not is_last_module,
             dtype=self.dtype, name=f"stage{s + 2}_module{m}")(features, train=train)
