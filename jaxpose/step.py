@@ -11,14 +11,17 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxpose import optim
 from jaxpose.codecs import heatmap as heatmap_codec
 
 # ImageNet statistics in RGB order, as torchvision and the official pose code normalise.
-_PIXEL_MEAN = jnp.array([0.485, 0.456, 0.406], jnp.float32) * 255.0
-_PIXEL_STD = jnp.array([0.229, 0.224, 0.225], jnp.float32) * 255.0
+# numpy, not jnp: importing this module must not create a JAX backend (a process that forks
+# workers, as tests/fault_injection_zygote.py, needs none to exist yet).
+_PIXEL_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * np.float32(255.0)
+_PIXEL_STD = np.array([0.229, 0.224, 0.225], np.float32) * np.float32(255.0)
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]

@@ -21,11 +21,9 @@ VARIANTS = {
     "default": [None, "smoke"],
     "hsr_msnet_coco": [None, "smoke", "depth=110,res=384", "depth=161,msnet=False,deconv_kernel=3",
                        "baseline=True,depth=50", "synthetic"],
-    "samkr_coco": [None, "smoke", "synthetic", "dataset=crowdpose",
-                   "variant=8_SAMKR_272_single_branch", "baseline"],
+    "samkr_coco": [None, "smoke", "synthetic", "baseline"],
     "san_h36m": [None, "smoke", "synthetic", "protocol=2,backbone=r152"],
-    "sadinet_mpii": [None, "smoke", "synthetic", "dataset=lsp", "variant=rfm", "variant=chi_sum",
-                     "variant=chi_swapped", "variant=hourglass"],
+    "sadinet_mpii": [None, "smoke", "synthetic", "dataset=lsp", "variant=hourglass"],
 }
 
 
