@@ -11,7 +11,7 @@ What is checked, and against what (nothing is a hand-copied list per config):
   model.options     the fields of the flax module the preset builds (and their annotations);
   names             the registries: `models.MODELS`/`KINDS`, `optim.OPTIMIZERS`,
                     `keypoints.SPECS`, `_DATA_SOURCES`;
-  values            `_RANGES` (probabilities in [0, 1], positive sizes, ...), finite floats;
+  values            `config_ranges.RANGES` (probabilities in [0, 1], positive sizes, ...), finite floats;
   combinations      one of total_steps/total_epochs, decay boundaries increasing and inside
                     the run, batch sizes divisible by the device and process counts, and the
                     model's heatmaps (shapes from `jax.eval_shape`: traced, never compiled)
@@ -35,6 +35,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxpose import families
+from jaxpose.config_ranges import POSITIVE as _POSITIVE
+from jaxpose.config_ranges import RANGES as _RANGES
+from jaxpose.config_ranges import Range
 from jaxpose import models
 from jaxpose import optim
 from jaxpose.codecs import heatmap as heatmap_codec
@@ -54,86 +57,6 @@ _FIELDS_FROM_CONFIG = {"num_keypoints": "data.keypoints", "dtype": "model.dtype"
 _FLAX_FIELDS = ("parent", "name")
 
 
-@dataclasses.dataclass(frozen=True)
-class Range:
-  """Allowed values of a number: low <= x (low < x if low_open) and x <= high."""
-  low: float = -math.inf
-  high: float = math.inf
-  low_open: bool = False
-
-  def __contains__(self, value) -> bool:
-    above = value > self.low if self.low_open else value >= self.low
-    return above and value <= self.high
-
-  def __str__(self) -> str:
-    if self.high == math.inf:
-      return f"{'>' if self.low_open else '>='} {self.low:g}"
-    return f"in [{self.low:g}, {self.high:g}]"
-
-
-_POSITIVE, _AT_LEAST_1, _NON_NEGATIVE, _PROBABILITY = (
-    Range(0, low_open=True), Range(1), Range(0), Range(0, 1))
-# Ranges of the numeric keys of `common.schema()` that have one (others: any finite value).
-_RANGES = {
-    "seed": _NON_NEGATIVE,
-    "data.synthetic.num_train_images": _AT_LEAST_1,
-    "data.synthetic.num_val_images": _AT_LEAST_1,
-    "data.synthetic.image_size": _AT_LEAST_1,
-    "data.synthetic.seed": _NON_NEGATIVE,
-    "input.size_hw": _AT_LEAST_1,
-    "input.heatmap_sigma": _POSITIVE,
-    "input.batch_size": _AT_LEAST_1,
-    "input.num_workers": _NON_NEGATIVE,
-    "input.read_threads": _AT_LEAST_1,
-    "input.prefetch_batches": _NON_NEGATIVE,
-    "augment.scale_factor": _NON_NEGATIVE,
-    "augment.rotation_factor": _NON_NEGATIVE,
-    "augment.rotation_prob": _PROBABILITY,
-    "augment.half_body_prob": _PROBABILITY,
-    "augment.half_body_min_joints": _NON_NEGATIVE,
-    "augment.box_padding": _POSITIVE,
-    "optim.base_lr": _POSITIVE,
-    "optim.base_batch_size": _AT_LEAST_1,
-    "optim.decay_factor": _POSITIVE,
-    "optim.warmup_steps": _NON_NEGATIVE,
-    "optim.max_consecutive_nonfinite_updates": _AT_LEAST_1,
-    "train.total_steps": _AT_LEAST_1,
-    "train.total_epochs": _POSITIVE,
-    "train.log_every_steps": _AT_LEAST_1,
-    "train.checkpoint_every_steps": _AT_LEAST_1,
-    "train.keep_checkpoints": _AT_LEAST_1,
-    "train.eval_every_steps": _NON_NEGATIVE,
-    "eval.batch_size": _AT_LEAST_1,
-    "eval.keypoint_score_threshold": _PROBABILITY,
-    "eval.oks_nms_threshold": _PROBABILITY,
-    "eval.num_visualize": _NON_NEGATIVE,
-    "eval.box_score_threshold": _PROBABILITY,
-    "eval.multi_scale": _POSITIVE,
-    # Bottom-up blocks (`common.bottomup_*`).
-    "augment.max_rotation": _NON_NEGATIVE,
-    "augment.min_scale": _POSITIVE,
-    "augment.max_scale": _POSITIVE,
-    "augment.max_translate": _NON_NEGATIVE,
-    "augment.flip_probability": _PROBABILITY,
-    "targets.sigma": _POSITIVE,
-    "targets.center_sigma": _POSITIVE,
-    "targets.background_weight": _NON_NEGATIVE,
-    "targets.offset_radius": _NON_NEGATIVE,
-    "loss.heatmap_factor": _NON_NEGATIVE,
-    "loss.offset_factor": _NON_NEGATIVE,
-    "loss.scale_factor": _NON_NEGATIVE,
-    "eval.input_size": _AT_LEAST_1,
-    "eval.canvas_size": _AT_LEAST_1,
-    "eval.max_people": _AT_LEAST_1,
-    "eval.center_threshold": _PROBABILITY,
-    "eval.nms_distance": _NON_NEGATIVE,
-    "eval.nms_min_joints": _NON_NEGATIVE,
-    # Integral (SAN) blocks (`common.integral_*`).
-    "augment.translate_factor": _NON_NEGATIVE,
-    "data.protocol": Range(1, 2),
-    # topdown_rle (SADI-Net) `loss` block (`common.sadinet_loss`).
-    "loss.rle_weight": _NON_NEGATIVE,
-}
 
 
 def validate(config: ml_collections.ConfigDict, *, device_count: int | None = None,
