@@ -205,7 +205,47 @@ def sadinet_loss(chi: str = "sigma", rle_weight: float = 1.0, dlm: bool = True
   return ml_collections.ConfigDict(dict(chi=chi, rle_weight=rle_weight, dlm=dlm))
 
 
+def synthetic_data(num_train_images: int = 2000, num_val_images: int = 200,
+                   image_size: int = 256) -> ml_collections.ConfigDict:
+  """A `synthetic` block: jaxpose's generated persons (`jaxpose.data.synthetic`); the
+  defaults are the default run's set, so every config that uses them generates it once."""
+  return ml_collections.ConfigDict(dict(num_train_images=num_train_images,
+                                        num_val_images=num_val_images, image_size=image_size,
+                                        seed=0, cache_dir="~/.cache/jaxpose"))
+
+
+def mixture_component(source: str, keypoints: str, root: str = "", train_split: str = "train",
+                      weight: float = 1.0, synthetic=None) -> ml_collections.ConfigDict:
+  """One extra training dataset under `data.mixture.<name>` (`jaxpose.data.mixture`).
+
+  source: a reader of `jaxpose.data.sources` ("mpii", "coco", "lsp_extended", ...) or
+    "synthetic" (jaxpose's generated persons in the `keypoints` layout "mpii" or "coco").
+  keypoints: the layout its files are in; records are remapped to `data.keypoints`.
+  root: its folder; a relative path is taken from `data.root` ("../mpii" beside it).
+  weight: its share of every batch is weight / (data.weight + the components' weights).
+  synthetic: the generator's block (`synthetic_data()`), read only for source "synthetic".
+  """
+  return ml_collections.ConfigDict(dict(
+      source=source, keypoints=keypoints, root=root, train_split=train_split,
+      weight=float(weight), synthetic=synthetic_data() if synthetic is None else synthetic))
+
+
+class MayBeAbsent:
+  """A schema entry a config may leave out; when present it is checked as `kind`. Only for
+  keys that configs written before them do not carry (`data.weight`, `data.mixture`)."""
+
+  def __init__(self, kind):
+    self.kind = kind
+
+
+def mixture_component_schema() -> dict:
+  """The keys and types of one `data.mixture` entry (`mixture_component`)."""
+  return _types_of(mixture_component(source="", keypoints=""))
+
+
 KINDS_WITH_SCHEMA = ("topdown", "bottomup", "integral", "topdown_rle")
+# The kinds whose train pipelines mix datasets (`jaxpose.data.mixture`).
+KINDS_WITH_MIXTURES = ("topdown", "integral", "topdown_rle")
 
 
 def schema(kind: str = "topdown") -> dict:
@@ -214,10 +254,10 @@ def schema(kind: str = "topdown") -> dict:
 
   Leaves are types: `int` (not bool), `float` (an int will do), `bool`, `str`, `tuple`
   (a tuple or list of any length), `tuple[int, int]`, `dict` (free keys: `model.options` is
-  checked against the model's own fields), and `X | None` for a placeholder that may stay
-  unset. The blocks built by the functions above bring their own keys and types, so a key
-  added there is known here; `model`, `data` and `input`, which each config writes out, are
-  declared here.
+  checked against the model's own fields), `X | None` for a placeholder that may stay
+  unset, and `MayBeAbsent(X)` for a key a config may leave out. The blocks built by the
+  functions above bring their own keys and types, so a key added there is known here;
+  `model`, `data` and `input`, which each config writes out, are declared here.
   """
   if kind not in KINDS_WITH_SCHEMA:
     raise ValueError(f"no config schema for model kind {kind!r}; known: {KINDS_WITH_SCHEMA}")
@@ -233,6 +273,10 @@ def schema(kind: str = "topdown") -> dict:
       optim=_types_of(adam_step_schedule(base_lr=1.0, base_batch_size=1)),
       train=_types_of(train_loop(log_every_steps=1, checkpoint_every_steps=1)),
   )
+  if kind in KINDS_WITH_MIXTURES:
+    # weight: the main dataset's share beside `mixture`, a block of `mixture_component`s by
+    # name (each checked against `mixture_component_schema()`). Both default to no mixture.
+    shared["data"].update(weight=MayBeAbsent(float), mixture=MayBeAbsent(dict))
   if kind == "bottomup":
     return dict(shared, augment=_types_of(bottomup_augmentation()),
                 targets=_types_of(bottomup_targets()), loss=_types_of(bottomup_loss()),

@@ -6,15 +6,21 @@ Estimation" (../shared/papers/sadi-net.txt), Sec. IV-C: Adam, lr 1e-3 x0.1 at ep
 pyramid. MPII PCKh@0.5 on HRNet's valid split (gt_valid.mat), LSP PCK@0.2.
 
   python -m jaxpose.launch --config configs/sadinet_mpii.py --config.data.root=/data/mpii
-  python -m jaxpose.launch --config configs/sadinet_mpii.py:dataset=lsp --config.data.root=/data/lsp
+  python -m jaxpose.launch --config configs/sadinet_mpii.py:dataset=lsp \\
+      --config.data.root=/data/lsp --config.data.mixture.lsp_extended.root=/data/lspet \\
+      --config.data.mixture.mpii.root=/data/mpii
   python -m jaxpose.launch --config configs/sadinet_mpii.py:variant=rfm      # Table III, RFM row
   python -m jaxpose.launch --config configs/sadinet_mpii.py:synthetic        # the CPU first look
 
 Variants (`:ARGS`, comma-separated):
   dataset=mpii|lsp   16 MPII joints (HRNet's annot/{train,valid}.json, gt_valid.mat) or 14 LSP
-                     joints (joints.mat, train = images 1-1000, test = 1001-2000). The paper's
-                     LSP training set is LSP + LSP-extended + MPII train: that mixture (issue #4)
-                     is not built, so this variant trains on LSP's own 1000 training images.
+                     joints (joints.mat, train = images 1-1000, test = 1001-2000). LSP trains,
+                     as Sec. IV-D2 says, on LSP + LSP-extended + MPII train (`data.mixture`):
+                     MPII's 16 joints remapped to LSP's 14 (`keypoints.layout_map`), weights
+                     1000 : 10000 : 22246, the persons in each, so every person is drawn
+                     equally often, as from the one concatenated set of the paper; an epoch
+                     is one pass over the union (the trainer divides by LSP's batch share).
+                     Folders `../lsp_extended` and `../mpii` beside data.root unless set.
   variant=NAME       an ablation row (SADI-Net Tables III-V):
                        sadinet        the full model, eq. 8 with chi = sigma (Table V, row 2)
                        chi_sum        L(H1) + L(H2) (Table V, row 1)
@@ -52,6 +58,11 @@ _VARIANTS = {
     "hourglass": ("hourglass_8", None),
 }
 _PYRAMID_SCALES = (0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
+# The paper's LSP training set, persons per dataset (LSP train: images 1-1000; LSP-extended:
+# 10000 images; HRNet's MPII train.json: 22246 persons), as mixing weights: each person is
+# drawn as often as from their concatenation.
+_LSP_TRAIN_PERSONS = {"lsp": 1000, "lsp_extended": 10000, "mpii": 22246}
+_LSP_TRAIN_LAYOUTS = {"lsp_extended": "lsp", "mpii": "mpii"}
 
 
 def _model_options(name: str, smoke: bool, synthetic: bool) -> dict:
@@ -88,6 +99,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       synthetic=dict(num_train_images=16 if arg.smoke else 2000,
                      num_val_images=4 if arg.smoke else 200, image_size=256, seed=0,
                      cache_dir="~/.cache/jaxpose"),
+      weight=float(_LSP_TRAIN_PERSONS["lsp"]) if lsp else 1.0,
+      mixture={name: common.mixture_component(name, keypoints=_LSP_TRAIN_LAYOUTS[name],
+                                              root=f"../{name}", weight=float(count))
+               for name, count in _LSP_TRAIN_PERSONS.items() if name != "lsp"} if lsp else {},
   )
 
   size = 64 if synthetic else 256

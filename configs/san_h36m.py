@@ -1,12 +1,12 @@
 """SAN (ResNet + self-attention + integral regression) on Human3.6M, 3D.
 
 Paper: "Self-Attention Network for Human Pose Estimation" (../shared/papers/san.txt),
-Sec. 3.4-3.5 and Table 1 rows a-d (Human3.6M only; the rows that mix MPII or COCO into the
-batches are issue #4's mixture, not built yet, so every variant here trains on Human3.6M
-alone). Recipe: Adam lr 1e-4 at batch 32 (the paper; integral-human-pose's R50 Human3.6M
-yamls use 1e-3 at batch 32 and its R152 384x288 yaml 1e-4), x0.1 at epochs 170 and 190,
-200 epochs; flip, rotation +-30 deg, scale +-30 %, translation +-2 % (Sec. 3.5, with
-integral-human-pose's samplers: `common.integral_augmentation`); flip test. Input: R50 at
+Sec. 3.4-3.5 and Table 1: row a trains on Human3.6M alone (`mix=none`), rows b-c mix MPII
+into every batch (`mix=mpii`), rows d-g MPII and COCO (`mix=mpii_coco`). Recipe: Adam lr
+1e-4 at batch 32 (the paper; integral-human-pose's R50 Human3.6M yamls use 1e-3 at batch 32
+and its R152 384x288 yaml 1e-4), x0.1 at epochs 170 and 190, 200 epochs; flip, rotation
++-30 deg, scale +-30 %, translation +-2 % (Sec. 3.5, with integral-human-pose's samplers:
+`common.integral_augmentation`); flip test. Input: R50 at
 256x256 -> 64x64 maps, 64 depth bins (Table 1's 64 x 64 for ResNet-50 and integral-human-
 pose's R50 `patch_width: 256`); R152 at 288 wide x 384 high (Sec. 3.5's "288 x 384") -> 72 x
 96 maps, 72 depth bins. ImageNet weights through `--config.model.init_from=resnet50.pth`.
@@ -14,6 +14,7 @@ pose's R50 `patch_width: 256`); R152 at 288 wide x 384 high (Sec. 3.5's "288 x 3
   python -m jaxpose.launch --config configs/san_h36m.py --config.data.root=/data/h36m
   python -m jaxpose.launch --config configs/san_h36m.py:protocol=2,backbone=r152 \\
       --config.data.root=/data/h36m
+  python -m jaxpose.launch --config configs/san_h36m.py:mix=mpii --config.data.root=/data/h36m
   python -m jaxpose.launch --config configs/san_h36m.py:synthetic   # a CPU first look
 
 `data.root` holds RLE's `annotations/Sample_trainmin_train_Human36M_protocol_{1,2}.json`,
@@ -22,6 +23,15 @@ pose's R50 `patch_width: 256`); R152 at 288 wide x 384 high (Sec. 3.5's "288 x 3
 Variants (`:ARGS`, comma-separated):
   protocol=1|2     1: train S1,5,6,7,8, test S9,11 (MPJPE); 2: train + S9, test S11 (PA-MPJPE)
   backbone=r50|r152
+  mix=none|mpii|mpii_coco
+                   2D data in every batch (SAN's joint 2D/3D training, Sec. 3.4), remapped to
+                   the 17 Human3.6M joints (MPII feeds 15, COCO 13: `keypoints.layout_map`),
+                   depth weight 0; weights equal, as integral-human-pose @ad3f875 mixes them
+                   (`mpii_hm36_Dataset`: as many Human3.6M frames as MPII persons per epoch;
+                   hm36_challenge `mpii_coco_hm36_eccv_challenge_Dataset`: MPII, COCO and
+                   Human3.6M 1:1:1). Folders `../mpii` (HRNet's MPII layout) and `../coco`
+                   beside data.root (`--config.data.mixture.mpii.root=...` moves them).
+                   With synthetic: jaxpose's synthetic persons in the MPII / COCO layout.
   synthetic        ResNet-18, 3 x 128 deconvs, 16 depth bins at 64x64 (96 px frames), batch 32,
                    900 steps, lighter augmentation, on jaxpose's synthetic Human3.6M frames
                    (`jaxpose/data/synthetic_h36m.py`): the CPU first look (BUILD_NOTES)
@@ -33,9 +43,22 @@ import ml_collections
 from configs import common
 
 
+def _mixture(mix: str, synthetic: bool, smoke: bool) -> dict:
+  """The 2D datasets of Table 1's rows, each weighted as Human3.6M (integral-human-pose)."""
+  names = {"none": (), "mpii": ("mpii",), "mpii_coco": ("mpii", "coco")}[mix]
+  if synthetic:  # the synthetic persons (the smoke run's tiny set), relabelled for MPII
+    block = common.synthetic_data(16, 4) if smoke else common.synthetic_data()
+    return {name: common.mixture_component("synthetic", keypoints=name, synthetic=block)
+            for name in names}
+  splits = {"mpii": "train", "coco": "train2017"}
+  return {name: common.mixture_component(name, keypoints=name, root=f"../{name}",
+                                         train_split=splits[name]) for name in names}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, protocol=common.one_of(1, 2), backbone=common.one_of("r50", "r152"),
-                         synthetic=False, smoke=False)
+                         mix=common.one_of("none", "mpii", "mpii_coco"), synthetic=False,
+                         smoke=False)
   synthetic = arg.synthetic or arg.smoke
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -61,6 +84,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       synthetic=dict(num_train_images=10 if arg.smoke else 3000,
                      num_val_images=4 if arg.smoke else 200,
                      image_size=64 if arg.smoke else 96, seed=0, cache_dir="~/.cache/jaxpose"),
+      weight=1.0,
+      mixture=_mixture(arg.mix, synthetic, arg.smoke),
   )
 
   size_hw = {"r50": (256, 256), "r152": (384, 288)}[arg.backbone]

@@ -10,7 +10,8 @@ What is checked, and against what (nothing is a hand-copied list per config):
                     built from the shared config blocks;
   model.options     the fields of the flax module the preset builds (and their annotations);
   names             the registries: `models.MODELS`/`KINDS`, `optim.OPTIMIZERS`,
-                    `keypoints.SPECS`, `_DATA_SOURCES`;
+                    `keypoints.SPECS`, `_DATA_SOURCES`; each `data.mixture` entry against
+                    `common.mixture_component_schema()`, `sources.SOURCES` and its layout;
   values            `config_ranges.RANGES` (probabilities in [0, 1], positive sizes, ...), finite floats;
   combinations      one of total_steps/total_epochs, decay boundaries increasing and inside
                     the run, batch sizes divisible by the device and process counts, and the
@@ -34,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from configs import common
 from jaxpose import families
 from jaxpose.config_ranges import POSITIVE as _POSITIVE
 from jaxpose.config_ranges import RANGES as _RANGES
@@ -43,7 +45,9 @@ from jaxpose import optim
 from jaxpose.codecs import heatmap as heatmap_codec
 from jaxpose.data import keypoints as keypoints_lib
 from jaxpose.data import bottomup_pipeline
+from jaxpose.data import mixture
 from jaxpose.data import pipeline
+from jaxpose.data import sources
 from jaxpose.errors import UserError
 from jaxpose.losses import bottomup as bottomup_losses
 
@@ -52,6 +56,8 @@ _DATA_SOURCES = {"topdown": ("coco", "synthetic", "tfds", "mpii", "lsp"),
                  "topdown_rle": ("coco", "synthetic", "tfds", "mpii", "lsp"),
                  "bottomup": ("coco", "synthetic", "crowdpose"),
                  "integral": ("h36m", "synthetic")}
+# The sources a `data.mixture` entry may name (`pipeline.open_component`).
+_MIXTURE_SOURCES = (*sources.SOURCES, "synthetic")
 # Module fields the trainer fills from other keys, so `model.options` may not set them.
 _FIELDS_FROM_CONFIG = {"num_keypoints": "data.keypoints", "dtype": "model.dtype"}
 _FLAX_FIELDS = ("parent", "name")
@@ -71,6 +77,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
     if _has(config, key):  # each kind's schema holds some of these keys
       _check_range(key, _lookup(config, key), allowed)
   _check_names(config, kind)
+  _check_mixture(config)
   _check_schedule(config.train, config.optim)
   device_count = jax.device_count() if device_count is None else device_count
   process_count = jax.process_count() if process_count is None else process_count
@@ -127,6 +134,10 @@ def _check_block(block: Any, schema: dict, prefix: str) -> None:
       hint = f"; did you mean {near[0]!r}?" if near else f"; known: {sorted(schema)}"
       raise UserError(f"config key {prefix}{key}: unknown key{hint}")
   for key, kind in schema.items():
+    if isinstance(kind, common.MayBeAbsent):
+      if key not in block:
+        continue
+      kind = kind.kind
     if key not in block:
       raise UserError(f"config key {prefix}{key}: missing (declared in configs/common.py "
                       "schema())")
@@ -227,6 +238,26 @@ def _check_names(config: ml_collections.ConfigDict, kind: str) -> None:
   if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
     raise UserError(f"config key model.dtype: {config.model.dtype!r} is not a floating "
                     "dtype (float32, bfloat16, float16)")
+
+
+def _check_mixture(config: ml_collections.ConfigDict) -> None:
+  """Each `data.mixture` entry: its keys and types, a known source in the layout its files
+  are in, a positive weight, a root (unless synthetic), joints shared with `data.keypoints`."""
+  main_spec = keypoints_lib.get_spec(config.data.keypoints)
+  for name, block in mixture.extra_blocks(config).items():
+    where = f"data.mixture.{name}"
+    _check_block(block, common.mixture_component_schema(), f"{where}.")
+    _check_name(f"{where}.source", block.source, _MIXTURE_SOURCES)
+    _check_name(f"{where}.keypoints", block.keypoints, keypoints_lib.SPECS)
+    _check_range(f"{where}.weight", block.weight, _POSITIVE)
+    if block.source == "synthetic":
+      _check_name(f"{where}.keypoints", block.keypoints, ("mpii", "coco"))
+    else:
+      if block.keypoints != sources.LAYOUTS[block.source]:
+        raise UserError(f"config key {where}.keypoints: {block.keypoints!r}, but {block.source!r}"
+                        f" files are in the {sources.LAYOUTS[block.source]!r} layout")
+      mixture.component_root(config, name)  # set, and resolvable
+    mixture.remap_for(keypoints_lib.get_spec(block.keypoints), main_spec, where)
 
 
 # ----------------------------------------------------------------------------- schedule

@@ -34,6 +34,7 @@ RANGES = {
     "data.synthetic.num_val_images": AT_LEAST_1,
     "data.synthetic.image_size": AT_LEAST_1,
     "data.synthetic.seed": NON_NEGATIVE,
+    "data.weight": POSITIVE,  # `data.mixture.<name>.weight` likewise (`config_check`)
     "input.size_hw": AT_LEAST_1,
     "input.heatmap_sigma": POSITIVE,
     "input.batch_size": AT_LEAST_1,

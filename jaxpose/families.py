@@ -9,7 +9,8 @@ Contracts every family keeps, so the trainer needs no special cases:
   open_split(config, split) -> a random-access source with `len()` and `.scan`
     (`faults.AnnotationScan`: `skipped_persons`, `filtered_persons`);
   train_dataset(config, source, local_batch_size) -> an endless grain iterator of this
-    process's rows of each global batch (uint8 `image` first), checkpointable;
+    process's rows of each global batch (uint8 `image` first), checkpointable; `source` is
+    the main dataset, the pipeline opens and mixes in `data.mixture` (`jaxpose.data.mixture`);
   make_train_step(model, tx, config) -> `train_step(state, batch, rng) -> (state, metrics)`
     on `step.TrainState`, metrics as sums: `loss_sum`, `num_samples`, `labelled_joints`,
     `grad_norm`, `nonfinite_streak`, `data_fingerprint`, `skipped_samples` (more allowed);

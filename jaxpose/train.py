@@ -25,6 +25,7 @@ from jaxpose import pretrained
 from jaxpose import step as step_lib
 from jaxpose import workdir as workdir_lib
 from jaxpose.data import keypoints as keypoints_lib
+from jaxpose.data import mixture
 from jaxpose.errors import Preempted, TrainingDiverged, UserError
 
 MODES = ("train", "eval", "train_and_eval")
@@ -92,7 +93,9 @@ def train(config, workdir: Path, model, mesh, checkpointer, log, evaluate=None
   dataset_counts = dict(dataset_skipped_persons=float(source.scan.skipped_persons),
                         dataset_filtered_persons=float(source.scan.filtered_persons))
   global_batch_size = config.input.batch_size  # divisible by devices and processes (config_check)
-  steps_per_epoch = max(len(source) // global_batch_size, 1)
+  # With data.mixture the main dataset fills main_share of each batch: an epoch is one pass
+  # over it (SADI-Net's LSP + LSP-extended + MPII weights make that one pass over all three).
+  steps_per_epoch = max(int(len(source) / (global_batch_size * mixture.main_share(config))), 1)
   total_steps, boundaries = optim.resolve_steps(config, steps_per_epoch)
   schedule = optim.learning_rate_schedule(config, global_batch_size, boundaries)
   tx = optim.build_optimizer(config, schedule)

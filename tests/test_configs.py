@@ -22,7 +22,8 @@ VARIANTS = {
     "hsr_msnet_coco": [None, "smoke", "depth=110,res=384", "depth=161,msnet=False,deconv_kernel=3",
                        "baseline=True,depth=50", "synthetic"],
     "samkr_coco": [None, "smoke", "synthetic", "baseline"],
-    "san_h36m": [None, "smoke", "synthetic", "protocol=2,backbone=r152"],
+    "san_h36m": [None, "smoke", "synthetic", "protocol=2,backbone=r152", "mix=mpii_coco",
+                 "synthetic,mix=mpii"],
     "sadinet_mpii": [None, "smoke", "synthetic", "dataset=lsp", "variant=hourglass"],
 }
 

@@ -25,6 +25,7 @@ from jaxpose.codecs import integral
 from jaxpose.codecs import integral_camera
 from jaxpose.data import integral_pipeline
 from jaxpose.data import keypoints as keypoints_lib
+from jaxpose.data import transforms_3d
 from jaxpose.evaluation import h36m_eval
 from jaxpose.evaluation import integral as integral_eval
 from jaxpose.losses import integral_l1
@@ -54,7 +55,7 @@ def test_depth_target_is_root_relative_mm_over_2000_times_scale():
                 depth_mm=np.array([0.0, -300.0], np.float32),
                 scale_wh=np.array([150.0, 150.0], np.float32),
                 box_scale_wh=np.array([100.0, 100.0], np.float32))
-  out = integral_pipeline.EncodeIntegral((64, 64)).map(record)
+  out = transforms_3d.EncodeIntegral((64, 64)).map(record)
   # x / w - 0.5, y / h - 0.5, z_mm / (2000 * 1.5) (the crop is 1.5x the box).
   expected = np.array([[10 / 64 - 0.5, 20 / 64 - 0.5, 0.0], [30 / 64 - 0.5, 40 / 64 - 0.5, -0.1]])
   chex.assert_trees_all_close(out["coords_target"], expected.astype(np.float32), atol=1e-6)
@@ -62,10 +63,10 @@ def test_depth_target_is_root_relative_mm_over_2000_times_scale():
 
 
 def test_flip_swaps_depths_of_left_and_right(source):
-  record = integral_pipeline.RootRelativeDepth().map(
+  record = transforms_3d.RootRelativeDepth().map(
       {**source[0], "image": np.zeros((64, 64, 3), np.uint8), "center_xy": np.float32([30, 30]),
        "scale_wh": np.float32([40, 40])})
-  flipped = integral_pipeline.RandomFlip3D(tuple(SPEC.flip_index), probability=1.0).random_map(
+  flipped = transforms_3d.RandomFlip3D(tuple(SPEC.flip_index), probability=1.0).random_map(
       record, np.random.default_rng(0))
   right_knee, left_knee = SPEC.names.index("right_knee"), SPEC.names.index("left_knee")
   assert flipped["depth_mm"][left_knee] == record["depth_mm"][right_knee]

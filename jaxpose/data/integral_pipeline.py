@@ -11,25 +11,26 @@ ratio without extra padding (`augment.box_padding` 1.0), then scale, rotation, f
 translation drawn per sample. Depth follows the same function: the root-relative camera depth
 in mm, divided by the 2000 mm the unaugmented crop's width stands for times the scale
 multiplier, in crop-width units (`joints[:, 2] / (rect_3d_width * scale) * patch_width`).
+The 3D transforms are `transforms_3d`'s. With `data.mixture`, 2D datasets (MPII, COCO) join
+each batch remapped to the Human3.6M joints (`mixture`), their depth weighted 0.
 """
 
-import dataclasses
 import os
 from pathlib import Path
 
 import grain
 import jax
 import ml_collections
-import numpy as np
 
-from jaxpose.codecs import integral
-from jaxpose.codecs import integral_camera
+from jaxpose.data import center_scale
 from jaxpose.data import faults
 from jaxpose.data import h36m
 from jaxpose.data import keypoints as keypoints_lib
+from jaxpose.data import mixture
 from jaxpose.data import pipeline
 from jaxpose.data import synthetic_h36m
 from jaxpose.data import transforms
+from jaxpose.data import transforms_3d
 from jaxpose.errors import UserError
 
 TRAIN_KEYS = ("image", "coords_target", "target_weight", "skipped")
@@ -81,57 +82,6 @@ def open_split(config: ml_collections.ConfigDict, split: str) -> h36m.Human36MFr
   return source
 
 
-@dataclasses.dataclass(frozen=True)
-class RootRelativeDepth(grain.transforms.Map):
-  """Reads `joints_cam_mm`, `root_index`, `scale_wh`; adds `depth_mm` [K] (camera Z minus the
-  root's) and `box_scale_wh` (the crop size before augmentation, for the depth units)."""
-
-  def map(self, record: dict) -> dict:
-    depth = record["joints_cam_mm"][:, 2] - record["joints_cam_mm"][record["root_index"], 2]
-    return {**record, "depth_mm": depth.astype(np.float32),
-            "box_scale_wh": np.asarray(record["scale_wh"], np.float32)}
-
-
-@dataclasses.dataclass(frozen=True)
-class RandomTranslate(grain.transforms.RandomMap):
-  """Shifts `center_xy` by U(-f, f) x `scale_wh` per axis (SAN Sec. 3.5: +-2%)."""
-  factor: float = 0.02
-
-  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
-    shift = rng.uniform(-self.factor, self.factor, 2) * record["scale_wh"]
-    return {**record, "center_xy": (record["center_xy"] + shift).astype(np.float32)}
-
-
-@dataclasses.dataclass(frozen=True)
-class RandomFlip3D(grain.transforms.RandomMap):
-  """`transforms.RandomFlip` (image, 2D keypoints, centre) that also swaps `depth_mm` of
-  left/right joints; depth itself is unchanged by a mirror (official `fliplr_joints`)."""
-  flip_index: tuple[int, ...]
-  probability: float = 0.5
-
-  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
-    if rng.random() >= self.probability:
-      return record
-    flipped = transforms.RandomFlip(self.flip_index).apply(record)
-    return {**flipped, "depth_mm": record["depth_mm"][list(self.flip_index)]}
-
-
-@dataclasses.dataclass(frozen=True)
-class EncodeIntegral(grain.transforms.Map):
-  """Reads crop-space `keypoints`, `depth_mm`, `scale_wh`, `box_scale_wh`; adds
-  `coords_target` and `target_weight` [K, 3] (`integral.encode`, with depth)."""
-  input_wh: tuple[int, int]
-  rect_3d_width_mm: float = integral_camera.RECT_3D_WIDTH_MM
-
-  def map(self, record: dict) -> dict:
-    scale_multiplier = float(record["scale_wh"][0]) / float(record["box_scale_wh"][0])
-    depth_px = record["depth_mm"] / (self.rect_3d_width_mm * scale_multiplier) * self.input_wh[0]
-    keypoints = np.concatenate([record["keypoints"][:, :2], depth_px[:, None]], axis=1)
-    targets, weights = integral.encode(keypoints, record["keypoints"][:, 2], self.input_wh,
-                                       has_depth=True)
-    return {**record, "coords_target": targets, "target_weight": weights}
-
-
 def _read_options(config: ml_collections.ConfigDict) -> grain.ReadOptions:
   return grain.ReadOptions(num_threads=config.input.read_threads,
                            prefetch_buffer_size=config.input.prefetch_batches * config.input.batch_size)
@@ -142,33 +92,37 @@ def input_wh(config: ml_collections.ConfigDict) -> tuple[int, int]:
   return width, height
 
 
-def train_dataset(config: ml_collections.ConfigDict, source: h36m.Human36MFrames,
-                  local_batch_size: int) -> grain.IterDataset:
-  """The endless augmented train stream, split over processes as `pipeline.train_dataset`."""
+def _augmented(config: ml_collections.ConfigDict, component: mixture.Component,
+               spec: keypoints_lib.KeypointSpec) -> grain.MapDataset:
+  """One component's stream through the 3D transforms, in the main layout `spec`. A 2D
+  component (no root joint: MPII, COCO) gets depth 0 with weight 0 (`transforms_3d.NoDepth`)."""
   wh, aug = input_wh(config), config.augment
-  ds = grain.MapDataset.source(source)
-  if len(ds) < local_batch_size * jax.process_count():
-    raise UserError(f"{source.annotation_file}: {len(ds)} frames, fewer than the global batch "
-                    f"size {local_batch_size * jax.process_count()}")
-  ds = ds.shuffle(seed=config.seed).repeat().seed(config.seed + 1)
+  has_depth = component.source.spec.root_index is not None
+  ds = mixture.record_stream(component, spec)
   ds = ds.map(transforms.DecodeImage())
-  ds = ds.map(transforms.BoxToCenterScale(wh, aug.box_padding))
-  ds = ds.map(RootRelativeDepth())
+  ds = ds.map(center_scale.crop_frame(component.source, wh, aug.box_padding))
+  ds = ds.map(transforms_3d.RootRelativeDepth() if has_depth else transforms_3d.NoDepth())
   if aug.translate_factor > 0:
-    ds = ds.random_map(RandomTranslate(aug.translate_factor))
+    ds = ds.random_map(transforms_3d.RandomTranslate(aug.translate_factor))
   ds = ds.random_map(transforms.RandomScaleRotate(
       aug.scale_factor, aug.rotation_factor, aug.rotation_prob))
   if aug.flip:
-    ds = ds.random_map(RandomFlip3D(tuple(int(i) for i in source.spec.flip_index)))
+    ds = ds.random_map(transforms_3d.RandomFlip3D(tuple(int(i) for i in spec.flip_index)))
   ds = ds.map(transforms.AffineCrop(wh))
-  ds = ds.map(EncodeIntegral(wh))
+  ds = ds.map(transforms_3d.EncodeIntegral(wh, has_depth=has_depth))
   ds = ds.map(transforms.MaskSkipped())
-  ds = ds.map(transforms.KeepKeys(TRAIN_KEYS))
-  ds = ds.batch(local_batch_size, drop_remainder=True)[jax.process_index()::jax.process_count()]
-  iter_ds = ds.to_iter_dataset(_read_options(config))
-  if config.input.num_workers > 0:
-    iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.input.num_workers))
-  return iter_ds
+  return ds.map(transforms.KeepKeys(TRAIN_KEYS))
+
+
+def train_dataset(config: ml_collections.ConfigDict, source: h36m.Human36MFrames,
+                  local_batch_size: int) -> grain.IterDataset:
+  """The endless augmented train stream of the main dataset and `data.mixture` (remapped to
+  the main layout, mixed in the weights' proportions), split over processes as
+  `pipeline.train_dataset`."""
+  components = pipeline.train_components(config, source, local_batch_size)
+  streams = [_augmented(config, c, source.spec) for c in components]
+  return mixture.mix_batch_shard(config, streams, [c.weight for c in components],
+                                 local_batch_size)
 
 
 def eval_dataset(config: ml_collections.ConfigDict, source: h36m.Human36MFrames,

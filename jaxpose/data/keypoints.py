@@ -262,3 +262,31 @@ def get_spec(name: str) -> KeypointSpec:
   if name not in SPECS:
     raise KeyError(f"unknown keypoint layout {name!r}; known: {sorted(SPECS)}")
   return SPECS[name]
+
+
+# Joints two layouts call by different names, as (layout, name) pairs; `layout_map` matches
+# everything else by identical name. Sources:
+#   MPII upper_neck = LSP neck: bearpaw/pytorch-pose @c1eb49b `miscs/gen_lsp.m` stores LSP's
+#     "Neck" as MPII's "upper neck" (and head top as head top) to train on LSP + MPII;
+#   MPII upper_neck = H36M neck, MPII head_top = H36M head: JimmySuen/integral-human-pose
+#     @ad3f875 `common_pytorch/dataset/hm36.py` `s_mpii_2_hm36_jt`, which feeds H36M's torso
+#     and nose from nothing. Its `s_coco_2_hm36_jt` maps COCO by name alone (the nose and the
+#     12 limb joints), so COCO needs no entry here.
+_SAME_JOINT = (
+    (("mpii", "upper_neck"), ("lsp", "neck")),
+    (("mpii", "upper_neck"), ("h36m", "neck")),
+    (("mpii", "head_top"), ("h36m", "head")),
+)
+
+
+def layout_map(from_spec: KeypointSpec, to_spec: KeypointSpec) -> np.ndarray:
+  """[K_to] int32: the joint of `from_spec` that feeds each joint of `to_spec`, -1 where
+  `from_spec` has none. Joints match by name, or through the cited `_SAME_JOINT` pairs."""
+  position = {name: i for i, name in enumerate(from_spec.names)}
+  source_name = {}  # target name -> the source's name for that joint, where they differ
+  for a, b in _SAME_JOINT:
+    for (from_layout, from_name), (to_layout, to_name) in ((a, b), (b, a)):
+      if (from_layout, to_layout) == (from_spec.dataset, to_spec.dataset):
+        source_name[to_name] = from_name
+  return np.array([position.get(source_name.get(name, name), -1) for name in to_spec.names],
+                  np.int32)

@@ -1,4 +1,4 @@
-"""Grain input pipelines: source -> host shard -> shuffle -> repeat -> transforms -> batch.
+"""Grain input pipelines: source -> shuffle -> repeat -> transforms -> (mix) -> batch -> shard.
 
 The train pipeline yields dicts of numpy arrays with a fixed shape (one compile):
 `image` uint8 [B, H, W, 3], `heatmaps` float32 [B, h, w, K], `target_weight` float32 [B, K].
@@ -18,6 +18,7 @@ from jaxpose.data import center_scale
 from jaxpose.data import coco
 from jaxpose.data import faults
 from jaxpose.data import keypoints as keypoints_lib
+from jaxpose.data import mixture
 from jaxpose.data import mpii
 from jaxpose.data import sources
 from jaxpose.data import synthetic
@@ -117,27 +118,50 @@ def _read_options(config) -> grain.ReadOptions:
                            prefetch_buffer_size=config.input.prefetch_batches * config.input.batch_size)
 
 
-def train_dataset(config: ml_collections.ConfigDict, source: coco.CocoPersonBoxes,
-                  local_batch_size: int, keys: tuple[str, ...] = TRAIN_KEYS
-                  ) -> grain.IterDataset:
-  """An endless, augmented, batched train stream: this process's rows of each global batch.
+def open_component(config: ml_collections.ConfigDict, name: str):
+  """The train split of `data.mixture.<name>`, in its own layout (`keypoints`): a source of
+  `sources.SOURCES` under its root (`mixture.component_root`), or for "synthetic" jaxpose's
+  synthetic persons in the MPII or COCO layout (generated on first use)."""
+  block = config.data.mixture[name]
+  spec = keypoints_lib.get_spec(block.keypoints)
+  synthetic_layouts = ("mpii", "coco")
+  if block.source == "synthetic" and block.keypoints not in synthetic_layouts:
+    raise UserError(f"config key data.mixture.{name}.keypoints: synthetic data comes in the "
+                    f"layouts {list(synthetic_layouts)}, not {block.keypoints!r}")
+  if block.source == "synthetic" and block.keypoints == "coco":
+    files = split_files(block, block.train_split)
+    return coco.CocoPersonBoxes(files.annotation_file, files.image_dir, spec)
+  if block.source in ("synthetic", "mpii"):
+    # HRNet's annot/<split>.json or mmpose's mpii_<split>.json, as the main MPII (`open_split`).
+    root = mpii_root(block) if block.source == "synthetic" else mixture.component_root(config, name)
+    return mpii.MpiiPersons(mpii.split_annotation_file(root, block.train_split), root / "images",
+                            spec)
+  return sources.open_source(block.source, mixture.component_root(config, name),
+                             block.train_split, spec)
 
-  Every process walks the same shuffled, augmented stream (a random-access MapDataset, so
-  nothing is decoded twice) and takes every `process_count`-th local batch of it: process p
-  reads rows [p*b, (p+1)*b) of each global batch. Global batches, and so training, are the
-  same for any number of processes with the same global batch size. `keys`: what a batch
-  holds (`TRAIN_KEYS`, or `RLE_TRAIN_KEYS` for the RLE family).
-  """
-  input_wh, heatmap_wh = input_and_heatmap_wh(config)
-  spec, aug = source.spec, config.augment
-  ds = grain.MapDataset.source(source)
-  if len(ds) < local_batch_size * jax.process_count():
-    raise UserError(f"{source.annotation_file}: {len(ds)} persons, fewer than the global "
+
+def train_components(config: ml_collections.ConfigDict, source, local_batch_size: int
+                     ) -> list[mixture.Component]:
+  """The main dataset (`source`, already open) and the `data.mixture` datasets, opened."""
+  if len(source) < local_batch_size * jax.process_count():
+    raise UserError(f"{source.annotation_file}: {len(source)} persons, fewer than the global "
                     f"batch size {local_batch_size * jax.process_count()}")
-  # Shuffle gets its own seed, and before repeat so each epoch is a fresh permutation.
-  ds = ds.shuffle(seed=config.seed).repeat().seed(config.seed + 1)
+  components = [mixture.Component(mixture.MAIN, source, mixture.main_weight(config), config.seed)]
+  for name, block in mixture.extra_blocks(config).items():
+    components.append(mixture.Component(f"data.mixture.{name}", open_component(config, name),
+                                        float(block.weight),
+                                        mixture.component_seed(config.seed, name)))
+  return components
+
+
+def _augmented(config: ml_collections.ConfigDict, component: mixture.Component,
+               spec: keypoints_lib.KeypointSpec, keys: tuple[str, ...]) -> grain.MapDataset:
+  """One component's stream through the top-down transforms, in the main layout `spec`."""
+  input_wh, heatmap_wh = input_and_heatmap_wh(config)
+  aug = config.augment
+  ds = mixture.record_stream(component, spec)
   ds = ds.map(transforms.DecodeImage())
-  ds = ds.map(center_scale.crop_frame(source, input_wh, aug.box_padding))
+  ds = ds.map(center_scale.crop_frame(component.source, input_wh, aug.box_padding))
   if aug.half_body_prob > 0:
     ds = ds.random_map(transforms.RandomHalfBody(
         tuple(int(i) for i in spec.upper_body_ids), input_wh, aug.half_body_prob,
@@ -149,12 +173,24 @@ def train_dataset(config: ml_collections.ConfigDict, source: coco.CocoPersonBoxe
   ds = ds.map(transforms.AffineCrop(input_wh))
   ds = ds.map(transforms.EncodeHeatmaps(input_wh, heatmap_wh, config.input.heatmap_sigma))
   ds = ds.map(transforms.MaskSkipped())
-  ds = ds.map(transforms.KeepKeys(tuple(keys)))
-  ds = ds.batch(local_batch_size, drop_remainder=True)[jax.process_index()::jax.process_count()]
-  iter_ds = ds.to_iter_dataset(_read_options(config))
-  if config.input.num_workers > 0:
-    iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.input.num_workers))
-  return iter_ds
+  return ds.map(transforms.KeepKeys(tuple(keys)))
+
+
+def train_dataset(config: ml_collections.ConfigDict, source: coco.CocoPersonBoxes,
+                  local_batch_size: int, keys: tuple[str, ...] = TRAIN_KEYS
+                  ) -> grain.IterDataset:
+  """An endless, augmented, batched train stream: this process's rows of each global batch.
+
+  `source` is the main dataset; with `data.mixture`, every batch also holds the extra
+  datasets in the weights' proportions, remapped to the main layout (`mixture`). Global
+  batches, and so training, are the same for any number of processes with the same global
+  batch size (`mixture.mix_batch_shard`). `keys`: what a batch holds (`TRAIN_KEYS`, or
+  `RLE_TRAIN_KEYS` for the RLE family).
+  """
+  components = train_components(config, source, local_batch_size)
+  streams = [_augmented(config, c, source.spec, keys) for c in components]
+  return mixture.mix_batch_shard(config, streams, [c.weight for c in components],
+                                 local_batch_size)
 
 
 class PaddedToBatches:
