@@ -11,6 +11,7 @@ import os
 import resource
 import sys
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,13 +21,20 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import configs
+from jaxpose import bottomup_step
+from jaxpose import example_batches
+from jaxpose import families
 from jaxpose import host_memory
+from jaxpose import integral_step
 from jaxpose import mesh as mesh_lib
 from jaxpose import optim
 from jaxpose import step as step_lib
 from jaxpose import train
 from jaxpose.data import keypoints as keypoints_lib
+from jaxpose.data import integral_pipeline
 from jaxpose.data import pipeline
+from jaxpose.evaluation import bottomup as bottomup_eval
+from jaxpose.evaluation import topdown as topdown_eval
 
 _CONFIG = config_flags.DEFINE_config_file("config", configs.DEFAULT_CONFIG_FILE, "Config file.",
                                           lock_config=True)
@@ -38,76 +46,104 @@ def _peak_host_memory_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _random_batch(config, batch_size: int, num_keypoints: int) -> dict[str, np.ndarray]:
-  rng = np.random.default_rng(0)
-  height, width = config.input.size_hw
-  _, (heatmap_w, heatmap_h) = pipeline.input_and_heatmap_wh(config)
-  return dict(
-      image=rng.integers(0, 256, (batch_size, height, width, 3), dtype=np.uint8),
-      heatmaps=rng.random((batch_size, heatmap_h, heatmap_w, num_keypoints), np.float32),
-      target_weight=np.ones((batch_size, num_keypoints), np.float32))
-
-
-def _time(fn, args_fn, steps: int) -> tuple[float, float]:
-  """Returns (compile seconds, steady-state seconds per call)."""
+def _compile(jitted, *args) -> tuple[Any, float, float | None]:
+  """(the compiled executable, seconds to trace, lower and compile it, its FLOPs per call
+  from XLA's cost analysis or None). Timed here, not at the first call: the executable is
+  what the timed calls run, so nothing compiles twice or hides in the first step."""
   start = time.perf_counter()
-  out = fn(*args_fn())
-  jax.block_until_ready(out)
-  compile_seconds = time.perf_counter() - start
-  out = fn(*args_fn())  # warm-up
-  jax.block_until_ready(out)
+  compiled = jitted.lower(*args).compile()
+  seconds = time.perf_counter() - start
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # cost analysis is best-effort and backend-dependent
+    cost = None
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return compiled, seconds, (float(cost.get("flops", 0.0)) if cost else None)
+
+
+def _time(fn, args_fn, steps: int) -> float:
+  """Steady-state seconds per call, after one warm-up call."""
+  jax.block_until_ready(fn(*args_fn()))
   start = time.perf_counter()
   for _ in range(steps):
     out = fn(*args_fn())
   jax.block_until_ready(out)
-  return compile_seconds, (time.perf_counter() - start) / steps
+  return (time.perf_counter() - start) / steps
 
 
 def bench_step(config, batch_size: int, steps: int) -> dict:
+  """The config's own train step (its family's: top-down, RLE, bottom-up or integral) on a
+  random batch of the pipeline's shapes (`example_batches`)."""
   mesh = mesh_lib.make_data_mesh()
   replicated = mesh_lib.replicated(mesh)
-  spec = keypoints_lib.get_spec(config.data.keypoints)
   model = train.build_model(config)
   tx = optim.build_optimizer(config, optax.constant_schedule(config.optim.base_lr))
   state = jax.jit(functools.partial(step_lib.create_train_state, model, tx,
                                     input_hw=tuple(config.input.size_hw)),
                   out_shardings=replicated)(jax.random.key(0))
-  batch = mesh_lib.put_batch(_random_batch(config, batch_size, spec.num_keypoints), mesh)
-  train_step = jax.jit(step_lib.make_train_step(model, tx),
+  kind = families.kind_of(config)
+  batch = mesh_lib.put_batch(example_batches.example_batch(kind, config, batch_size), mesh)
+  train_step = jax.jit(families.for_config(config).make_train_step(model, tx, config),
                        in_shardings=(replicated, mesh_lib.batch_sharding(mesh), replicated),
                        out_shardings=(replicated, replicated), donate_argnums=0)
   rng = jax.random.key(1)
-  flops = _flops(train_step, state, batch, rng)
+  compiled, compile_seconds, flops = _compile(train_step, state, batch, rng)
   holder = {"state": state}
 
   def run_step(batch, rng):
-    holder["state"], metrics = train_step(holder["state"], batch, rng)
+    holder["state"], metrics = compiled(holder["state"], batch, rng)
     return metrics
 
-  compile_seconds, seconds = _time(run_step, lambda: (batch, rng), steps)
+  seconds = _time(run_step, lambda: (batch, rng), steps)
   return _figures("step", config, batch_size, compile_seconds, seconds, flops)
 
 
+def _predict_fn(kind: str, config, model, flip_index):
+  """`predict(variables, batch)`: the forward pass and decoding the kind's evaluator runs."""
+  if kind == "bottomup":
+    predict = bottomup_step.make_bottomup_predict_step(model, flip_index,
+                                                       **bottomup_eval.predict_options(config))
+    return lambda variables, batch: predict(variables, batch["image"], batch["input_wh"])
+  if kind == "integral":
+    predict = integral_step.make_predict_step(model, integral_pipeline.input_wh(config), flip_index)
+  else:
+    predict = step_lib.make_predict_step(model, flip_index, **topdown_eval.predict_options(config))
+  return lambda variables, batch: predict(variables, batch["image"])
+
+
 def bench_infer(config, batch_size: int, steps: int) -> dict:
+  """The evaluator's forward pass (flip test and multi-scale as the config asks; bottom-up:
+  with grouping, on the eval canvas) on random images."""
   mesh = mesh_lib.make_data_mesh()
+  kind = families.kind_of(config)
   spec = keypoints_lib.get_spec(config.data.keypoints)
   model = train.build_model(config)
   variables = jax.jit(functools.partial(model.init, train=False))(
       jax.random.key(0), jnp.zeros((1, *config.input.size_hw, 3)))
   flip_index = spec.flip_index if config.eval.flip_test else None
-  predict = jax.jit(step_lib.make_predict_step(model, flip_index),
+  predict = jax.jit(_predict_fn(kind, config, model, flip_index),
                     in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)),
                     out_shardings=mesh_lib.replicated(mesh))
-  images = mesh_lib.put_batch(
-      {"image": _random_batch(config, batch_size, spec.num_keypoints)["image"]}, mesh)["image"]
-  flops = _flops(predict, variables, images)
-  compile_seconds, seconds = _time(predict, lambda: (variables, images), steps)
+  rng = np.random.default_rng(0)
+  if kind == "bottomup":  # the evaluator's square canvas, each image filling it
+    size = int(config.eval.canvas_size)
+    batch = dict(image=rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
+                 input_wh=np.full((batch_size, 2), size, np.int32))
+  else:
+    height, width = config.input.size_hw
+    scales = len(config.eval.multi_scale) if kind != "integral" else 0
+    shape = (batch_size, scales, height, width, 3) if scales else (batch_size, height, width, 3)
+    batch = dict(image=rng.integers(0, 256, shape, dtype=np.uint8))
+  batch = mesh_lib.put_batch(batch, mesh)
+  compiled, compile_seconds, flops = _compile(predict, variables, batch)
+  seconds = _time(compiled, lambda: (variables, batch), steps)
   return _figures("infer", config, batch_size, compile_seconds, seconds, flops)
 
 
 def bench_data(config, batch_size: int, steps: int) -> dict:
-  source = pipeline.open_split(config, config.data.train_split)
-  iterator = iter(pipeline.train_dataset(config, source, batch_size))
+  family = families.for_config(config)
+  source = family.open_split(config, config.data.train_split)
+  iterator = iter(family.train_dataset(config, source, batch_size))
   next(iterator)
   start, start_cpu = time.perf_counter(), time.process_time()
   for _ in range(steps):
@@ -123,15 +159,6 @@ def bench_data(config, batch_size: int, steps: int) -> dict:
               num_workers=config.input.num_workers, read_threads=config.input.read_threads,
               load_average_1min=round(os.getloadavg()[0], 2),
               peak_host_memory_mb=round(_peak_host_memory_mb(), 1))
-
-
-def _flops(jitted, *args) -> float | None:
-  try:
-    cost = jitted.lower(*args).compile().cost_analysis()
-  except Exception:  # cost analysis is best-effort and backend-dependent
-    return None
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", 0.0)) if cost else None
 
 
 def _figures(kind, config, batch_size, compile_seconds, seconds, flops) -> dict:
