@@ -24,7 +24,8 @@ VARIANTS = {
     "samkr_coco": [None, "smoke", "synthetic", "baseline"],
     "san_h36m": [None, "smoke", "synthetic", "protocol=2,backbone=r152", "mix=mpii_coco",
                  "synthetic,mix=mpii"],
-    "sadinet_mpii": [None, "smoke", "synthetic", "dataset=lsp", "variant=hourglass"],
+    "sadinet_mpii": [None, "smoke", "synthetic", "dataset=lsp", "variant=hourglass",
+                     "variant=hourglass_sfm_dlm"],
 }
 
 

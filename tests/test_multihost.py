@@ -6,6 +6,7 @@ global batches, same losses, same params, same eval metrics), checkpoint and res
 stop within 60 s, naming itself and the last complete checkpoint, when its peer is killed.
 """
 
+import concurrent.futures
 import json
 import signal
 import socket
@@ -85,16 +86,28 @@ def test_one_device_four_devices_and_two_processes_train_alike(tmp_path, synthet
   """1 process x 1 device, 1 x 4 and 2 x 2 devices on the same global batches: the same
   losses and params (to 1e-5), and the same eval metrics for 1 x 4 and 2 x 2."""
   single, one, two = tmp_path / "single", tmp_path / "one", tmp_path / "two"
-  launch(single, *_OVERRIDES, "--config.train.total_steps=5", devices=1,
-         cache_dir=synthetic_cache)
-  # Each run: 3 steps, then the same command with 5 steps resumes from the step-3 checkpoint.
-  launch(one, *_OVERRIDES, "--config.train.total_steps=3", devices=4, cache_dir=synthetic_cache)
-  result = launch(one, *_OVERRIDES, "--config.train.total_steps=5", devices=4,
+
+  def single_device():
+    launch(single, *_OVERRIDES, "--config.train.total_steps=5", devices=1,
+           cache_dir=synthetic_cache)
+
+  def four_devices():
+    # Each run: 3 steps, then the same command with 5 steps resumes from the step-3 checkpoint.
+    launch(one, *_OVERRIDES, "--config.train.total_steps=3", devices=4, cache_dir=synthetic_cache)
+    return launch(one, *_OVERRIDES, "--config.train.total_steps=5", devices=4,
                   cache_dir=synthetic_cache, mode="train_and_eval")
+
+  def two_processes():
+    _run_processes(two, *_OVERRIDES, "--config.train.total_steps=3", cache_dir=synthetic_cache)
+    _run_processes(two, *_OVERRIDES, "--config.train.total_steps=5", cache_dir=synthetic_cache,
+                   mode="train_and_eval")
+
+  # The three are independent (own workdirs, own programs): run side by side, since start-up
+  # and compiling are mostly single-threaded and the machine has more than one core.
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    runs = [pool.submit(f) for f in (single_device, four_devices, two_processes)]
+    _, result, _ = [run.result() for run in runs]
   _assert_a_complete_run(one, result.stdout, steps=5)
-  _run_processes(two, *_OVERRIDES, "--config.train.total_steps=3", cache_dir=synthetic_cache)
-  _run_processes(two, *_OVERRIDES, "--config.train.total_steps=5", cache_dir=synthetic_cache,
-                 mode="train_and_eval")
   for index in (0, 1):
     assert f"process {index}/2: 2 local of 4 devices (cpu)" in _log(two, index)
   assert "resumed from" in _log(two, 0)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
+from jaxpose.models import hourglass
 from jaxpose.models import realnvp
 from jaxpose.models import sadinet
 
@@ -263,6 +264,32 @@ class SADINetTest(chex.TestCase):
     self.assertEqual(counts, _expected_params(16))
     self.assertEqual(counts, {"backbone": 202_339_360, "sfm": 744_196, "head": 10_313_344,
                               "dlm": 184_920})
+
+
+class HourglassUnitTest(chex.TestCase):
+  """Table IV's "Hourglass + SFM-DLM": `residual_unit="bottleneck"` puts the official
+  hourglass's bottleneck `Residual` in every RFM's place, so the backbone is exactly the
+  plain stacked hourglass: same parameter tree, and with its weights the same H1."""
+
+  def test_backbone_is_the_plain_stacked_hourglass(self):
+    images = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3)) * 255.0
+    plain = hourglass.StackedHourglass(num_stacks=2, width=16, num_keypoints=4)
+    # Eager init: jitting it would compile a threefry hash per kernel (slower than running).
+    plain_variables = plain.init(jax.random.key(2), images, train=False)
+    model = sadinet.sadinet_tiny(num_keypoints=4, residual_unit="bottleneck")
+    shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), images)
+    self.assertEqual(jax.tree.structure(shapes["params"]["backbone"]),
+                     jax.tree.structure(plain_variables["params"]))
+    # The backbone module SADINet builds for this unit, run on the hourglass's weights.
+    backbone = sadinet.RFMStackedHourglass(2, 4, 16, hourglass.Residual)
+    h1, _ = jax.jit(functools.partial(backbone.apply, train=False))(plain_variables, images)
+    expected, _ = jax.jit(functools.partial(plain.apply, train=False))(plain_variables, images)
+    chex.assert_trees_all_close(h1, expected, atol=1e-5)
+
+  def test_unknown_unit_is_rejected(self):
+    model = sadinet.sadinet_tiny(num_keypoints=4, residual_unit="basic")
+    with self.assertRaisesRegex(ValueError, "residual_unit"):
+      model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
 
 
 if __name__ == "__main__":

@@ -291,6 +291,9 @@ class SADINet(nn.Module):
   attention_channels: int = 256
   head_planes: Sequence[int] = (32, 64, 128, 256)
   feature_dim: int = 2048
+  # "rfm": the paper's RFM units; "bottleneck": the official hourglass's pre-activation
+  # bottleneck `Residual` in their place, Table IV's "Hourglass + SFM-DLM" row.
+  residual_unit: str = "rfm"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -305,7 +308,12 @@ class SADINet(nn.Module):
     if height % _INPUT_DIVISOR or width % _INPUT_DIVISOR:
       raise ValueError(f"SADINet needs H and W divisible by {_INPUT_DIVISOR}, got images of "
                        f"shape {images.shape} (NHWC); e.g. 256x256, 64x64, 128x64.")
-    unit = functools.partial(RFM, dilation=self.dilation, se_reduction=self.se_reduction)
+    if self.residual_unit == "rfm":
+      unit = functools.partial(RFM, dilation=self.dilation, se_reduction=self.se_reduction)
+    elif self.residual_unit == "bottleneck":
+      unit = hourglass.Residual
+    else:
+      raise ValueError(f"residual_unit must be 'rfm' or 'bottleneck', got {self.residual_unit!r}")
     heatmaps, levels = RFMStackedHourglass(self.num_stacks, self.num_keypoints, self.width, unit,
                                            self.dtype, name="backbone")(images, train=train)
     fused, sfm_weights = SpatialFusion(self.sfm_channels, self.attention_channels, self.dtype,
