@@ -243,9 +243,9 @@ def mixture_component_schema() -> dict:
   return _types_of(mixture_component(source="", keypoints=""))
 
 
-KINDS_WITH_SCHEMA = ("topdown", "bottomup", "integral", "topdown_rle")
+KINDS_WITH_SCHEMA = ("topdown", "bottomup", "integral", "topdown_rle", "integral_2d")
 # The kinds whose train pipelines mix datasets (`jaxpose.data.mixture`).
-KINDS_WITH_MIXTURES = ("topdown", "integral", "topdown_rle")
+KINDS_WITH_MIXTURES = ("topdown", "integral", "topdown_rle", "integral_2d")
 
 
 def schema(kind: str = "topdown") -> dict:
@@ -285,6 +285,8 @@ def schema(kind: str = "topdown") -> dict:
     shared["data"]["protocol"] = int
     return dict(shared, augment=_types_of(integral_augmentation()),
                 eval=_types_of(integral_eval(batch_size=1)))
+  # "integral_2d" (SAN 2D) has the top-down blocks: its crops, augmentation and evaluator are
+  # the top-down ones (its loss reads no heatmaps; the pipeline still renders them).
   shared["input"]["heatmap_sigma"] = float
   if kind == "topdown_rle":
     return dict(shared, augment=_types_of(topdown_augmentation()),

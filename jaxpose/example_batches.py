@@ -57,9 +57,15 @@ def _integral(config, batch_size, rng) -> Batch:
               target_weight=np.ones((batch_size, k, 3), np.float32))
 
 
+def _integral_2d(config, batch_size, rng) -> Batch:
+  batch, _, _, k = _common(config, batch_size, rng)
+  return dict(batch, coords_target=rng.random((batch_size, k, 2), np.float32) - 0.5,
+              target_weight=np.ones((batch_size, k, 2), np.float32))
+
+
 _BY_KIND: dict[str, Callable[..., Batch]] = {
     "topdown": _topdown, "topdown_rle": _topdown_rle, "bottomup": _bottomup,
-    "integral": _integral}
+    "integral": _integral, "integral_2d": _integral_2d}
 
 
 def example_batch(kind: str, config: ml_collections.ConfigDict, batch_size: int,

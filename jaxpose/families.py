@@ -25,6 +25,7 @@ import ml_collections
 
 from configs import common
 from jaxpose import bottomup_step
+from jaxpose import integral2d_step
 from jaxpose import integral_step
 from jaxpose import models
 from jaxpose import rle_step
@@ -70,6 +71,13 @@ FAMILIES = {
         make_train_step=lambda model, tx, config: integral_step.make_train_step(model, tx),
         evaluate=integral_eval.evaluate,
         schema=lambda: common.schema("integral")),
+    # SAN (2D): the same soft-argmax L1 on top-down person crops, MPII PCKh / COCO AP.
+    "integral_2d": Family(
+        open_split=pipeline.open_split,
+        train_dataset=integral2d_step.train_dataset,
+        make_train_step=lambda model, tx, config: integral_step.make_train_step(model, tx),
+        evaluate=topdown_eval.evaluate,
+        schema=lambda: common.schema("integral_2d")),
     # SADI-Net: top-down heatmaps H1 + RLE-flow heatmaps H2 (eq. 8), MPII PCKh / COCO AP.
     "topdown_rle": Family(
         open_split=pipeline.open_split,

@@ -2,8 +2,9 @@
 
 The train step is `step.make_train_step`'s with the loss swapped: SAN's weighted L1 on
 `aux["coords"]` (`losses.integral_l1`, integral-human-pose's `L1JointLocationLoss`), reading
-`coords_target` and `target_weight` [B, K, 2 | 3] from `integral_pipeline`. A 2D sample
-(z weight 0) sends no gradient through its depth expectation.
+`coords_target` and `target_weight` [B, K, 2 | 3] from `integral_pipeline` (or [B, K, 2]
+from `integral2d_step`, the 2D family). A 2D sample (z weight 0) sends no gradient through
+its depth expectation.
 """
 
 from typing import Any, Callable

@@ -26,6 +26,8 @@ VARIANTS = {
                  "synthetic,mix=mpii"],
     "sadinet_mpii": [None, "smoke", "synthetic", "dataset=lsp", "variant=hourglass",
                      "variant=hourglass_sfm_dlm"],
+    "san_2d": [None, "smoke", "synthetic", "backbone=r152", "dataset=coco",
+               "dataset=coco,backbone=r152", "dataset=coco,synthetic"],
 }
 
 

@@ -3,7 +3,7 @@ train batch: the same keys, shapes and dtypes as one batch of the config's own p
 
 import pytest
 
-from configs import default, samkr_coco, sadinet_mpii, san_h36m
+from configs import default, samkr_coco, sadinet_mpii, san_2d, san_h36m
 from jaxpose import example_batches
 from jaxpose import families
 
@@ -12,6 +12,7 @@ SMOKE_CONFIGS = {
     "bottomup": samkr_coco.get_config("smoke"),
     "topdown_rle": sadinet_mpii.get_config("smoke"),
     "integral": san_h36m.get_config("smoke"),
+    "integral_2d": san_2d.get_config("smoke"),
 }
 
 

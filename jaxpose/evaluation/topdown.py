@@ -2,12 +2,13 @@
 
 Crops every person box (`eval.person_boxes`: the labelled persons, or a detector's results
 json read by `detections.split_detection_boxes`), runs the jitted predict step (flip test,
-`eval.multi_scale` image pyramid, argmax + quarter-pixel or DARK refinement), maps keypoints
-back to image pixels, rescores (box score x mean confident keypoint score) and OKS-NMSes per
-image as HRNet's `COCODataset.evaluate`, writes the COCO results json and scores it with
-pycocotools. MPII and LSP (single-person benchmarks, no boxes) skip rescoring and NMS and
-are scored per annotated person: PCKh against HRNet's gt_valid.mat, PCK@0.2 against
-LSP's joints.mat (`score_by_position`).
+`eval.multi_scale` image pyramid, argmax + quarter-pixel or DARK refinement; SAN's soft-argmax
+coordinates for "integral_2d" models, `integral2d_step`), maps keypoints back to image
+pixels, rescores (box score x mean confident keypoint score) and OKS-NMSes per image as
+HRNet's `COCODataset.evaluate`, writes the COCO results json and scores it with pycocotools.
+MPII and LSP (single-person benchmarks, no boxes) skip rescoring and NMS and are scored per
+annotated person: PCKh against HRNet's gt_valid.mat, PCK@0.2 against LSP's joints.mat
+(`score_by_position`).
 """
 
 import json
@@ -19,7 +20,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxpose import integral2d_step
 from jaxpose import mesh as mesh_lib
+from jaxpose import models
 from jaxpose import step as step_lib
 from jaxpose import visualize
 from jaxpose.codecs import heatmap as heatmap_codec
@@ -68,6 +71,18 @@ def box_scores(source, record_index: np.ndarray) -> np.ndarray:
   return np.ones(len(record_index))
 
 
+def make_predict_step(config, model, flip_index, options: dict):
+  """The model kind's `predict_step(variables, images) -> (xy in heatmap pixels, scores)`:
+  the heatmap argmax, or for "integral_2d" (SAN) the soft-argmax coordinates."""
+  if models.KINDS.get(config.model.name) != "integral_2d":
+    return step_lib.make_predict_step(model, flip_index, **options)
+  if options["scales"]:
+    raise UserError(f"config key eval.multi_scale: {config.model.name} regresses coordinates "
+                    "from one crop; set it to ()")
+  input_wh, heatmap_wh = pipeline.input_and_heatmap_wh(config)
+  return integral2d_step.make_predict_step(model, input_wh, heatmap_wh, flip_index)
+
+
 def predict_keypoints(config, model, variables, mesh, source) -> dict[str, np.ndarray]:
   """Runs the model over every person of `source`, on all processes' devices.
 
@@ -80,7 +95,7 @@ def predict_keypoints(config, model, variables, mesh, source) -> dict[str, np.nd
   _, heatmap_wh = pipeline.input_and_heatmap_wh(config)
   flip_index = source.spec.flip_index if config.eval.flip_test else None
   options = predict_options(config)
-  predict_step = step_lib.make_predict_step(model, flip_index, **options)
+  predict_step = make_predict_step(config, model, flip_index, options)
 
   def predict_and_gather(variables, batch):
     xy, scores = predict_step(variables, batch["image"])

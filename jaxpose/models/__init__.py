@@ -56,9 +56,12 @@ MODELS = {
 # What each preset's output is and how it learns, so a trainer can refuse a model it cannot
 # train: "topdown" -> (heatmaps [B, h, w, K] or [B, S, h, w, K], aux), heatmap MSE;
 # "topdown_rle" -> the same plus RLE outputs in aux (SADI-Net's combined loss);
-# "integral" -> (heatmap logits, aux["coords"]) for soft-argmax L1 (SAN); "bottomup" ->
-# ((heatmaps with the center map last, offsets), aux); "classifier" -> (logits, aux).
-_KIND_BY_PREFIX = (("dekr", "bottomup"), ("samkr", "bottomup"), ("res2net", "classifier"), ("san_", "integral"),
+# "integral" -> (volumetric logits, aux["coords"] [B, K, 3]) for soft-argmax L1 on Human3.6M
+# (SAN 3D); "integral_2d" -> (heatmap logits, aux["coords"] [B, K, 2]), the same loss on
+# top-down person crops (SAN on MPII / COCO); "bottomup" -> ((heatmaps with the center map
+# last, offsets), aux); "classifier" -> (logits, aux). The first matching prefix wins.
+_KIND_BY_PREFIX = (("dekr", "bottomup"), ("samkr", "bottomup"), ("res2net", "classifier"),
+                   ("san_r50_3d", "integral"), ("san_r152_3d", "integral"), ("san_", "integral_2d"),
                    ("sadinet", "topdown_rle"))
 KINDS = {name: next((kind for prefix, kind in _KIND_BY_PREFIX if name.startswith(prefix)),
                     "topdown") for name in MODELS}
