@@ -1,7 +1,8 @@
-"""`python -m jaxpose.bench {step,infer,data} --config CONFIG [--batch N] [--steps N]`.
+"""`python -m jaxpose.bench {step,train,infer,data} --config CONFIG [--batch N] [--steps N]`.
 
 Prints one JSON object of figures. `step` compiles the config's real train step and times
-it on random inputs of the config's shapes; `infer` does the same for the eval forward pass
+it on random inputs of the config's shapes; `train` feeds that step from the config's real
+input pipeline, as the trainer does, and says whether the step waited for data; `infer` does the same for the eval forward pass
 (flip test included when the config asks for it); `data` times the input pipeline alone.
 """
 
@@ -71,9 +72,9 @@ def _time(fn, args_fn, steps: int) -> float:
   return (time.perf_counter() - start) / steps
 
 
-def bench_step(config, batch_size: int, steps: int) -> dict:
-  """The config's own train step (its family's: top-down, RLE, bottom-up or integral) on a
-  random batch of the pipeline's shapes (`example_batches`)."""
+def _state_and_step(config):
+  """The mesh, a fresh train state and the config's jitted train step, as the trainer builds
+  them (constant learning rate: the schedule does not change the step's cost)."""
   mesh = mesh_lib.make_data_mesh()
   replicated = mesh_lib.replicated(mesh)
   model = train.build_model(config)
@@ -81,11 +82,18 @@ def bench_step(config, batch_size: int, steps: int) -> dict:
   state = jax.jit(functools.partial(step_lib.create_train_state, model, tx,
                                     input_hw=tuple(config.input.size_hw)),
                   out_shardings=replicated)(jax.random.key(0))
-  kind = families.kind_of(config)
-  batch = mesh_lib.put_batch(example_batches.example_batch(kind, config, batch_size), mesh)
   train_step = jax.jit(families.for_config(config).make_train_step(model, tx, config),
                        in_shardings=(replicated, mesh_lib.batch_sharding(mesh), replicated),
                        out_shardings=(replicated, replicated), donate_argnums=0)
+  return mesh, state, train_step
+
+
+def bench_step(config, batch_size: int, steps: int) -> dict:
+  """The config's own train step (its family's: top-down, RLE, bottom-up or integral) on a
+  random batch of the pipeline's shapes (`example_batches`)."""
+  mesh, state, train_step = _state_and_step(config)
+  kind = families.kind_of(config)
+  batch = mesh_lib.put_batch(example_batches.example_batch(kind, config, batch_size), mesh)
   rng = jax.random.key(1)
   compiled, compile_seconds, flops = _compile(train_step, state, batch, rng)
   holder = {"state": state}
@@ -98,6 +106,40 @@ def bench_step(config, batch_size: int, steps: int) -> dict:
   return _figures("step", config, batch_size, compile_seconds, seconds, flops)
 
 
+def bench_train(config, batch_size: int, steps: int) -> dict:
+  """The trainer's loop without logs or checkpoints: the config's real input pipeline
+  (`input.num_workers`, `read_threads`, `prefetch_batches`) feeding its train step, at most
+  `train.MAX_STEPS_IN_FLIGHT` steps queued. Reports whether the step waited for data:
+  `data_late_fraction` is the share of steps whose batch arrived after the step before had
+  finished (`train.DataWaitMeter`); `step_waited_for_data` is true when that share is
+  over 5 %."""
+  mesh, state, train_step = _state_and_step(config)
+  family = families.for_config(config)
+  source = family.open_split(config, config.data.train_split)
+  iterator = iter(family.train_dataset(config, source, batch_size // jax.process_count()))
+  rng = jax.random.key(1)
+  first = mesh_lib.put_batch(next(iterator), mesh)
+  compiled, compile_seconds, flops = _compile(train_step, state, first, rng)
+  state, metrics = compiled(state, first, rng)  # warm-up, and the workers fill their queues
+  jax.block_until_ready(metrics)
+  pending, meter = [], train.DataWaitMeter()
+  start = time.perf_counter()
+  for _ in range(steps):
+    batch = meter.next_batch(iterator, mesh, pending)
+    state, metrics = compiled(state, batch, rng)
+    pending.append(metrics)
+    train.wait_for_steps_in_flight(pending)
+  jax.block_until_ready(pending[-1])
+  seconds = (time.perf_counter() - start) / steps
+  waits = meter.take()
+  figures = _figures("train", config, batch_size, compile_seconds, seconds, flops)
+  figures.update(data_seconds_per_step=round(waits["data_seconds_per_step"], 4),
+                 data_late_fraction=round(waits["data_late_fraction"], 3),
+                 step_waited_for_data=waits["data_late_fraction"] > 0.05,
+                 num_workers=config.input.num_workers, read_threads=config.input.read_threads)
+  return figures
+
+
 def _predict_fn(kind: str, config, model, flip_index):
   """`predict(variables, batch)`: the forward pass and decoding the kind's evaluator runs."""
   if kind == "bottomup":
@@ -107,7 +149,8 @@ def _predict_fn(kind: str, config, model, flip_index):
   if kind == "integral":
     predict = integral_step.make_predict_step(model, integral_pipeline.input_wh(config), flip_index)
   else:
-    predict = step_lib.make_predict_step(model, flip_index, **topdown_eval.predict_options(config))
+    predict = topdown_eval.make_predict_step(config, model, flip_index,
+                                             topdown_eval.predict_options(config))
   return lambda variables, batch: predict(variables, batch["image"])
 
 
@@ -172,7 +215,7 @@ def _figures(kind, config, batch_size, compile_seconds, seconds, flops) -> dict:
   return figures
 
 
-_KINDS = {"step": bench_step, "infer": bench_infer, "data": bench_data}
+_KINDS = {"step": bench_step, "train": bench_train, "infer": bench_infer, "data": bench_data}
 
 
 def main(argv: list[str]) -> None:

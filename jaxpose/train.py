@@ -80,7 +80,8 @@ class _Progress:
   def line(self, step: int, row: dict[str, float]) -> str:
     eta = (self.total_steps - step) * row["seconds_per_step"]
     return (f"step {step:>6}/{self.total_steps}  loss {row['loss']:.6f}  lr {row['learning_rate']:.2e}  "
-            f"{row['images_per_second']:.1f} img/s  eta {eta / 60:.1f} min")
+            f"{row['images_per_second']:.1f} img/s  data {row.get('data_seconds_per_step', 0):.3f} s"
+            f"/step  eta {eta / 60:.1f} min")
 
 
 def train(config, workdir: Path, model, mesh, checkpointer, log, evaluate=None
@@ -154,6 +155,34 @@ def wait_for_steps_in_flight(pending: list, limit: int = MAX_STEPS_IN_FLIGHT) ->
     jax.block_until_ready(pending[-limit])
 
 
+class DataWaitMeter:
+  """Times the loop's wait for each batch (read, then put on the mesh) and counts the steps
+  whose batch came too late: the step before had already finished (`is_ready`), so the
+  device sat idle waiting for data. A step after a log step is not counted (the log step's
+  fetch drained the queue on purpose)."""
+
+  def __init__(self):
+    self.seconds, self.steps, self.late_batches = 0.0, 0, 0
+
+  def next_batch(self, data_iterator, mesh, pending: list) -> dict[str, jax.Array]:
+    start = time.perf_counter()
+    batch = mesh_lib.put_batch(next(data_iterator), mesh)
+    self.seconds += time.perf_counter() - start
+    self.steps += 1
+    if pending and all(leaf.is_ready() for leaf in jax.tree.leaves(pending[-1])):
+      self.late_batches += 1
+    return batch
+
+  def take(self) -> dict[str, float]:
+    """Figures since the last call: `data_seconds_per_step` (mmpose's data_time) and
+    `data_late_fraction` (steps the device waited for their batch / steps); then resets."""
+    steps = max(self.steps, 1)
+    figures = dict(data_seconds_per_step=self.seconds / steps,
+                   data_late_fraction=self.late_batches / steps)
+    self.__init__()
+    return figures
+
+
 def _train_loop(config, train_step, state, data_iterator, mesh, step_rng, start_step: int,
                 total_steps: int, progress, checkpointer, log, stop, evaluate
                 ) -> step_lib.TrainState:
@@ -165,8 +194,9 @@ def _train_loop(config, train_step, state, data_iterator, mesh, step_rng, start_
                 if config.optim.skip_nonfinite_updates else 0)
   pending: list[jax.Array] = []  # metrics of steps not yet fetched from the device
   unlogged: list[dict] = []  # fetched metrics of steps since the last row
+  data_wait = DataWaitMeter()
   for step in range(start_step + 1, total_steps + 1):
-    batch = mesh_lib.put_batch(next(data_iterator), mesh)
+    batch = data_wait.next_batch(data_iterator, mesh, pending)
     state, metrics = train_step(state, batch, step_rng)
     pending.append(metrics)
     wait_for_steps_in_flight(pending)
@@ -193,7 +223,7 @@ def _train_loop(config, train_step, state, data_iterator, mesh, step_rng, start_
       unlogged += fetched
       pending = []
     if log_due:
-      row = progress.row(step, unlogged)
+      row = dict(progress.row(step, unlogged), **data_wait.take())
       unlogged = []
       log.write(step, row)
       _say(progress.line(step, row))
