@@ -18,6 +18,7 @@ from conftest import REPO, read_metrics, subprocess_env
 # config file -> the metric its evaluator must report.
 SMOKE_RUNS = {
     "samkr_coco": "AP",
+    "san_2d": "PCKh@0.5",  # SAN 2D: integral L1 on MPII-layout crops, top-down evaluator
 }
 
 
@@ -43,7 +44,8 @@ def test_smoke_variant_trains_and_evaluates(name, tmp_path, synthetic_cache):
   assert train_rows, rows
   assert all(math.isfinite(row["loss"]) for row in train_rows), train_rows
   eval_row = rows[-1]
-  assert {**SMOKE_RUNS, **SLOW_SMOKE_RUNS}[name] in eval_row, eval_row
+  metric = {**SMOKE_RUNS, **SLOW_SMOKE_RUNS}[name]
+  assert metric in eval_row and math.isfinite(eval_row[metric]), eval_row
   last_step = train_rows[-1]["step"]
   assert eval_row["step"] == last_step
   assert (workdir / "checkpoints" / str(last_step)).is_dir()
