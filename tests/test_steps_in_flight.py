@@ -3,6 +3,7 @@ XLA reserves each enqueued step's temporaries, so an unbounded queue multiplies 
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from jaxpose import train
 
@@ -31,14 +32,16 @@ def test_without_waiting_dispatch_runs_ahead():
   jax.block_until_ready(pending)
 
 
-def test_wait_keeps_at_most_one_unfinished_step_before_the_next_dispatch():
+@pytest.mark.parametrize("limit", [1, 2])
+def test_wait_before_dispatch_keeps_at_most_limit_steps_in_flight(limit):
   x = jnp.ones((384, 384), jnp.float32) / 384
   jax.block_until_ready(_slow_step(x))
   pending, worst = [], 0
   for _ in range(8):
+    train.wait_for_steps_in_flight(pending, limit)
+    worst = max(worst, _unfinished(pending))  # still running when the next is dispatched
     x = _slow_step(x)
     pending.append(x)
-    train.wait_for_steps_in_flight(pending)
-    worst = max(worst, _unfinished(pending))
-  assert worst <= train.MAX_STEPS_IN_FLIGHT - 1
+  assert worst <= limit - 1
   jax.block_until_ready(pending)
+
