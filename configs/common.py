@@ -74,6 +74,7 @@ def topdown_augmentation(**overrides) -> ml_collections.ConfigDict:
       half_body_prob=0.3,
       half_body_min_joints=8,
       box_padding=1.25,
+      translate_factor=0.0,  # centre shift U(+-f) x box size; HRNet has none, SAN uses 0.02
   )
   aug.update(overrides)
   return ml_collections.ConfigDict(aug)

@@ -89,10 +89,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   if arg.synthetic:  # the synthetic figures are already rotated and scaled (configs/default.py)
     c.augment = common.topdown_augmentation(scale_factor=0.15, rotation_factor=10.0,
-                                            rotation_prob=0.6, half_body_prob=0.0)
+                                            rotation_prob=0.6, half_body_prob=0.0,
+                                            translate_factor=0.02)
   else:
     c.augment = common.topdown_augmentation(scale_factor=0.3, rotation_factor=15.0,
-                                            rotation_prob=0.6, half_body_prob=0.0)
+                                            rotation_prob=0.6, half_body_prob=0.0,
+                                            translate_factor=0.02)
 
   c.optim = common.adam_step_schedule(base_lr=1e-4, base_batch_size=32)
   c.train = common.train_loop(log_every_steps=1 if arg.smoke else 20 if arg.synthetic else 100,

@@ -29,6 +29,11 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a mul
                                       "(default: $JAX_NUM_PROCESSES).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process "
                                    "run (default: $JAX_PROCESS_ID).")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache_dir", "~/.cache/jaxpose/xla", "JAX's persistent compilation cache: "
+    "a resumed, repeated or --mode eval run of the same config and shapes loads its compiled "
+    "steps instead of compiling them again. Empty: off. $JAX_COMPILATION_CACHE_DIR, if set, "
+    "wins.")
 _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     "heartbeat_timeout_seconds", 30, "Multi-process runs: after this long without a process's "
     "heartbeat the others stop (with the last complete checkpoint named).")
@@ -64,6 +69,8 @@ def main(argv: list[str], config_flag) -> None:
   host_memory.keep_freed_memory_mapped()
   # Imported after flag parsing, so `--help` and flag errors stay fast.
   import jax  # pylint: disable=g-import-not-at-top
+  if _COMPILATION_CACHE.value and not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_COMPILATION_CACHE.value))
   if cluster:
     distributed.initialize(cluster, _HEARTBEAT_TIMEOUT.value)
     print(f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} "

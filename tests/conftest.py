@@ -12,6 +12,10 @@ REPO = Path(__file__).resolve().parent.parent
 SMOKE = f"{REPO}/configs/default.py:smoke"
 
 
+def compilation_cache_dir(cache_dir: Path) -> Path:
+  return Path(cache_dir).parent / "jax_compilation_cache"
+
+
 def subprocess_env(cache_dir: Path, devices: int) -> dict[str, str]:
   """The environment of a launched run: CPU with `devices` simulated devices, JAX's
   persistent compilation cache beside the session's synthetic data, so the many launches
@@ -22,7 +26,7 @@ def subprocess_env(cache_dir: Path, devices: int) -> dict[str, str]:
           "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
           "JAX_PLATFORMS": "cpu",
-          "JAX_COMPILATION_CACHE_DIR": str(Path(cache_dir).parent / "jax_compilation_cache"),
+          "JAX_COMPILATION_CACHE_DIR": str(compilation_cache_dir(cache_dir)),
           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
 
@@ -31,8 +35,11 @@ def launch(workdir: Path, *overrides: str, devices: int = 1, cache_dir: Path, mo
            check: bool = True, popen: bool = False):
   """Runs `python -m jaxpose.launch` on the smoke config in a fresh process."""
   env = subprocess_env(cache_dir, devices)
+  # The same cache, through launch's own flag (the variable would take precedence over it).
+  compilation_cache = env.pop("JAX_COMPILATION_CACHE_DIR")
   command = [sys.executable, "-m", "jaxpose.launch", "--config", SMOKE, "--workdir", str(workdir),
-             "--mode", mode, f"--config.data.synthetic.cache_dir={cache_dir}", *overrides]
+             "--mode", mode, f"--config.data.synthetic.cache_dir={cache_dir}",
+             f"--compilation_cache_dir={compilation_cache}", *overrides]
   if popen:
     return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

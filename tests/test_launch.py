@@ -68,7 +68,9 @@ _RESUME_OVERRIDES = ("--config.train.total_steps=20", "--config.train.checkpoint
 
 def test_sigterm_checkpoints_the_current_step_and_exits_zero(tmp_path, synthetic_cache):
   terminated = tmp_path / "terminated"
-  process = launch(terminated, *_RESUME_OVERRIDES, cache_dir=synthetic_cache, popen=True)
+  compilation_cache = tmp_path / "xla"  # its own, so only this run can have filled it
+  process = launch(terminated, *_RESUME_OVERRIDES, f"--compilation_cache_dir={compilation_cache}",
+                   cache_dir=synthetic_cache, popen=True)
   _wait_for_checkpoint(terminated, process)  # training is under way
   process.send_signal(signal.SIGTERM)
   output, _ = process.communicate(timeout=300)
@@ -83,6 +85,9 @@ def test_sigterm_checkpoints_the_current_step_and_exits_zero(tmp_path, synthetic
                      if p.name.isdigit())
   assert committed[-1] == step, (committed, step)
   assert read_metrics(terminated)[-1]["step"] == step
+  # `--compilation_cache_dir` kept the compiled programs for the next run of the same config.
+  assert any(name.startswith("jit_train_step") for name in os.listdir(compilation_cache)), (
+      os.listdir(compilation_cache) if compilation_cache.exists() else "no cache directory")
 
 
 @pytest.mark.parametrize("override, culprit", [

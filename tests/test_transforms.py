@@ -61,6 +61,38 @@ def test_scale_rotate_stays_in_the_official_ranges():
   assert 0.3 < np.mean(rotations == 0) < 0.5  # rotation applied with probability 0.6
 
 
+def test_translate_shifts_the_centre_by_at_most_the_factor_of_the_box():
+  t = transforms.RandomTranslate(factor=0.02)
+  rng = np.random.default_rng(2)
+  shifts = np.array([t.random_map(_record(), rng)["center_xy"] - [30.0, 20.0]
+                     for _ in range(400)]) / [36.0, 48.0]  # in box sizes, per axis
+  assert np.abs(shifts).max() <= 0.02 + 1e-6
+  assert shifts.min(0).max() < -0.015 and shifts.max(0).min() > 0.015  # both ways, both axes
+  assert np.abs(np.corrcoef(shifts.T)[0, 1]) < 0.2  # the axes are drawn independently
+
+
+def test_san_2d_pipeline_translates_and_hrnet_default_does_not(tmp_path):
+  # Every other augmentation off: the only randomness left is the translation, so the same
+  # record's keypoints move between epochs by at most 2 % of the input (SAN Sec. 3.5).
+  source = coco.CocoPersonBoxes(write_coco(tmp_path), tmp_path / "val", SPEC)
+  moved = {}
+  for factor in (0.0, 0.02):
+    config = _smoke_config(read_threads=1)
+    config.augment.update(flip=False, scale_factor=0.0, rotation_prob=0.0, half_body_prob=0.0,
+                          translate_factor=factor)
+    iterator = iter(pipeline.train_dataset(config, source, local_batch_size=2,
+                                           keys=("keypoints", "annotation_id")))
+    by_record = {}
+    for _ in range(3 * len(source) // 2):  # three epochs: every person seen three times
+      batch = next(iterator)
+      for person, keypoints in zip(batch["annotation_id"], batch["keypoints"]):
+        by_record.setdefault(int(person), []).append(keypoints[:, :2])
+    moved[factor] = max(np.abs(np.stack(kps) - kps[0]).max() for kps in by_record.values()
+                        if len(kps) > 1)
+  assert moved[0.0] == 0.0
+  assert 0.0 < moved[0.02] <= 2 * 0.02 * 64 + 1e-3  # two draws apart, 64-pixel input
+
+
 def test_half_body_selects_a_body_half():
   t = transforms.RandomHalfBody(tuple(int(i) for i in SPEC.upper_body_ids), (48, 64),
                                 probability=1.0, min_joints=8)

@@ -103,7 +103,7 @@ def _augmented(config: ml_collections.ConfigDict, component: mixture.Component,
   ds = ds.map(center_scale.crop_frame(component.source, wh, aug.box_padding))
   ds = ds.map(transforms_3d.RootRelativeDepth() if has_depth else transforms_3d.NoDepth())
   if aug.translate_factor > 0:
-    ds = ds.random_map(transforms_3d.RandomTranslate(aug.translate_factor))
+    ds = ds.random_map(transforms.RandomTranslate(aug.translate_factor))
   ds = ds.random_map(transforms.RandomScaleRotate(
       aug.scale_factor, aug.rotation_factor, aug.rotation_prob))
   if aug.flip:

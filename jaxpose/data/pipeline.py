@@ -166,6 +166,8 @@ def _augmented(config: ml_collections.ConfigDict, component: mixture.Component,
     ds = ds.random_map(transforms.RandomHalfBody(
         tuple(int(i) for i in spec.upper_body_ids), input_wh, aug.half_body_prob,
         aug.half_body_min_joints))
+  if aug.translate_factor > 0:  # SAN's +-2 %; HRNet/SimpleBaseline do not translate
+    ds = ds.random_map(transforms.RandomTranslate(aug.translate_factor))
   ds = ds.random_map(transforms.RandomScaleRotate(
       aug.scale_factor, aug.rotation_factor, aug.rotation_prob))
   if aug.flip:

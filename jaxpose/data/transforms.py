@@ -161,6 +161,17 @@ class RandomScaleRotate(grain.transforms.RandomMap):
 
 
 @dataclasses.dataclass(frozen=True)
+class RandomTranslate(grain.transforms.RandomMap):
+  """Shifts `center_xy` by U(-f, f) x `scale_wh` per axis (SAN Sec. 3.5: +-2%; the sampler of
+  mmpose's `RandomBBoxTransform` shift, applied always). HRNet has no translation."""
+  factor: float = 0.02
+
+  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+    shift = rng.uniform(-self.factor, self.factor, 2) * record["scale_wh"]
+    return {**record, "center_xy": (record["center_xy"] + shift).astype(np.float32)}
+
+
+@dataclasses.dataclass(frozen=True)
 class RandomFlip(grain.transforms.RandomMap):
   """Mirrors `image`, `keypoints` (swapping left/right by `flip_index`) and `center_xy`
   with probability 0.5, using HRNet's pixel convention x -> width - 1 - x."""

@@ -40,16 +40,6 @@ class NoDepth(grain.transforms.Map):
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomTranslate(grain.transforms.RandomMap):
-  """Shifts `center_xy` by U(-f, f) x `scale_wh` per axis (SAN Sec. 3.5: +-2%)."""
-  factor: float = 0.02
-
-  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
-    shift = rng.uniform(-self.factor, self.factor, 2) * record["scale_wh"]
-    return {**record, "center_xy": (record["center_xy"] + shift).astype(np.float32)}
-
-
-@dataclasses.dataclass(frozen=True)
 class RandomFlip3D(grain.transforms.RandomMap):
   """`transforms.RandomFlip` (image, 2D keypoints, centre) that also swaps `depth_mm` of
   left/right joints; depth itself is unchanged by a mirror (official `fliplr_joints`)."""
