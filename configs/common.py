@@ -264,7 +264,8 @@ def schema(kind: str = "topdown") -> dict:
     raise ValueError(f"no config schema for model kind {kind!r}; known: {KINDS_WITH_SCHEMA}")
   shared = dict(
       seed=int,
-      model=dict(name=str, dtype=str, options=dict, **_types_of(pretrained_init())),
+      model=dict(name=str, dtype=str, remat=bool, options=dict,
+                 **_types_of(pretrained_init())),
       data=dict(
           source=str, keypoints=str, root=str, tfds_dir=str, train_split=str, val_split=str,
           synthetic=dict(num_train_images=int, num_val_images=int, image_size=int, seed=int,

@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
 
-  c.model = dict(name="simplebaseline_r18", dtype="float32",
+  c.model = dict(name="simplebaseline_r18", dtype="float32", remat=False,
                  options=dict(num_deconv_filters=(16, 16, 16) if arg.smoke else (128, 128, 128)),
                  **common.pretrained_init())
 

@@ -45,7 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     options.update(num_deconv_filters=(16, 16))
     if not arg.baseline:
       options.update(stage_sizes=(1, 1, 1, 1, 1))
-  c.model = dict(name=name, dtype="float32", options=options, **common.pretrained_init())
+  c.model = dict(name=name, dtype="float32", remat=False, options=options,
+                 **common.pretrained_init())
 
   c.data = dict(
       source="synthetic" if synthetic else "coco",

@@ -87,7 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   name, loss, options = _VARIANTS[arg.variant]
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.model = dict(name=name, dtype="float32",
+  c.model = dict(name=name, dtype="float32", remat=False,
                  options={**_model_options(name, arg.smoke, arg.synthetic), **options},
                  **common.pretrained_init())
 

@@ -60,7 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     options = dict(depth=18, num_deconv_filters=(128, 128, 128))
   else:
     options = {}
-  c.model = dict(name=f"san_{arg.backbone}", dtype="float32", options=options,
+  c.model = dict(name=f"san_{arg.backbone}", dtype="float32", remat=False, options=options,
                  **common.pretrained_init())
 
   if mpii:

@@ -69,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     options = dict(depth=18, depth_bins=16, num_deconv_filters=(128, 128, 128))
   else:
     options = {}
-  c.model = dict(name=f"san_{arg.backbone}_3d", dtype="float32", options=options,
+  c.model = dict(name=f"san_{arg.backbone}_3d", dtype="float32", remat=False, options=options,
                  **common.pretrained_init())
 
   c.data = dict(

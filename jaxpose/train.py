@@ -34,8 +34,14 @@ MODES = ("train", "eval", "train_and_eval")
 def build_model(config: ml_collections.ConfigDict):
   spec = keypoints_lib.get_spec(config.data.keypoints)
   families.for_config(config)  # a model no family trains fails here, naming the ones it can
+  options = dict(config.model.options)
+  if config.model.get("remat", False):
+    if not models.supports_remat(config.model.name):
+      raise UserError(f"config key model.remat: {config.model.name} has no rematerialisation; "
+                      f"models with it: {', '.join(models.names_with_remat())}")
+    options["remat"] = True
   return models.build(config.model.name, num_keypoints=spec.num_keypoints,
-                      dtype=jnp.dtype(config.model.dtype), **config.model.options)
+                      dtype=jnp.dtype(config.model.dtype), **options)
 
 
 def _say(message: str) -> None:

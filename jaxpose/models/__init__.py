@@ -5,6 +5,7 @@ module with its size fields bound); `build(name, **overrides)` fills the remaini
 e.g. `build("simplebaseline_r50", num_keypoints=17, dtype=jnp.bfloat16)`.
 """
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -72,3 +73,14 @@ def build(name: str, **overrides: Any) -> nn.Module:
   if name not in MODELS:
     raise KeyError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
   return MODELS[name](**overrides)
+
+
+def supports_remat(name: str) -> bool:
+  """Whether the preset has the `remat` field (`layers.apply_block`): config key model.remat."""
+  constructor = MODELS[name]
+  module = getattr(constructor, "func", constructor)
+  return "remat" in {field.name for field in dataclasses.fields(module)}
+
+
+def names_with_remat() -> list[str]:
+  return sorted(name for name in MODELS if supports_remat(name))

@@ -175,13 +175,17 @@ class DEKR(nn.Module):
   final_conv_kernel: int = 1  # FINAL_CONV_KERNEL (1 or 3) of both heads' last convs
   # SWAHR's scale branch for its scale-adaptive heatmap loss (SAMKR-W32); not in DEKR.
   scale_head: bool = False
+  # Recompute the backbone's blocks and modules, and each keypoint's offset branch, in the
+  # backward pass (the 17 branches' bilinear samples dominate the step's memory at 512x512).
+  remat: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool
                ) -> tuple[tuple[jax.Array, jax.Array], dict[str, jax.Array]]:
     features = hrnet.HRNetBackbone(self.width, self.stages, multi_scale_output=True,
-                                   dtype=self.dtype, name="backbone")(images, train=train)
+                                   remat=self.remat, dtype=self.dtype, name="backbone")(
+                                       images, train=train)
     features = hrnet.concat_branches(features)
 
     x = _conv(self.heatmap_channels, 1, self.dtype, "transition_heatmap_conv")(features)
@@ -211,8 +215,8 @@ class DEKR(nn.Module):
     for j in range(self.num_keypoints):
       y = x[..., j * per_keypoint:(j + 1) * per_keypoint]
       for n in range(self.offset_blocks):
-        y = AdaptBlock(self.offset_dilation, self.dtype, name=f"offset_feature{j}_block{n}")(
-            y, train=train)
+        block = AdaptBlock(self.offset_dilation, self.dtype, name=f"offset_feature{j}_block{n}")
+        y = layers.apply_block(block, y, train=train, remat=self.remat)
       offsets.append(_conv(2, self.final_conv_kernel, self.dtype, f"offset_final{j}",
                            use_bias=True)(y))
     return jnp.concatenate(offsets, axis=-1)

@@ -156,6 +156,7 @@ class StackedHourglass(nn.Module):
   num_keypoints: int
   width: int = 256
   increase: int = 0
+  remat: bool = False  # recompute each stack's hourglass in the backward pass
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -176,8 +177,9 @@ class StackedHourglass(nn.Module):
 
     stack_heatmaps = []
     for s in range(self.num_stacks):
-      y = Hourglass(_HOURGLASS_DEPTH, self.increase, dtype=self.dtype,
-                    name=f"hourglass{s}")(x, train=train)
+      hourglass = Hourglass(_HOURGLASS_DEPTH, self.increase, dtype=self.dtype,
+                            name=f"hourglass{s}")
+      y = layers.apply_block(hourglass, x, train=train, remat=self.remat)
       y = Residual(self.width, dtype=self.dtype, name=f"features{s}_residual")(y, train=train)
       features = ConvBlock(self.width, bn=True, dtype=self.dtype,
                            name=f"features{s}_conv")(y, train=train)

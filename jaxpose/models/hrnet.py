@@ -219,6 +219,7 @@ class HRNetBackbone(nn.Module):
   width: int
   stages: Sequence[StageSpec] = OFFICIAL_STAGES
   multi_scale_output: bool = True
+  remat: bool = False  # recompute each layer1 block and HR module in the backward pass
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -238,7 +239,8 @@ class HRNetBackbone(nn.Module):
     x = _conv(_STEM_CHANNELS, 3, 2, self.dtype, name="conv2")(x)
     x = nn.relu(layers.batch_norm(train, self.dtype, name="bn2")(x))
     for n in range(_LAYER1_BLOCKS):
-      x = Bottleneck(_LAYER1_PLANES, dtype=self.dtype, name=f"layer1_block{n}")(x, train=train)
+      x = layers.apply_block(Bottleneck(_LAYER1_PLANES, dtype=self.dtype, name=f"layer1_block{n}"),
+                             x, train=train, remat=self.remat)
 
     features = [x]
     for s, spec in enumerate(stages):
@@ -247,9 +249,10 @@ class HRNetBackbone(nn.Module):
                             name=f"transition{s + 1}")(features, train=train)
       for m in range(spec.num_modules):
         is_last_module = s == len(stages) - 1 and m == spec.num_modules - 1
-        features = HighResolutionModule(
+        module = HighResolutionModule(
             spec.num_blocks, multi_scale_output=self.multi_scale_output or not is_last_module,
-            dtype=self.dtype, name=f"stage{s + 2}_module{m}")(features, train=train)
+            dtype=self.dtype, name=f"stage{s + 2}_module{m}")
+        features = layers.apply_block(module, features, train=train, remat=self.remat)
     return features
 
 
@@ -277,12 +280,13 @@ class HRNet(nn.Module):
   width: int
   num_keypoints: int
   stages: Sequence[StageSpec] = OFFICIAL_STAGES
+  remat: bool = False  # the backbone's blocks and modules recomputed in the backward pass
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-    features = HRNetBackbone(self.width, self.stages, multi_scale_output=False, dtype=self.dtype,
-                             name="backbone")(images, train=train)
+    features = HRNetBackbone(self.width, self.stages, multi_scale_output=False,
+                             remat=self.remat, dtype=self.dtype, name="backbone")(images, train=train)
     heatmaps = layers.Conv2d(self.num_keypoints, 1, use_bias=True, kernel_init=_conv_init,
                              dtype=self.dtype, name="final_layer")(features[0])
     return heatmaps.astype(jnp.float32), {"features": features[0]}

@@ -58,6 +58,21 @@ class Conv2d(nn.Module):
     return y
 
 
+def _call_in_mode(module: nn.Module, x: Any, train: bool) -> Any:
+  return module(x, train=train)
+
+
+def apply_block(module: nn.Module, x: Any, *, train: bool, remat: bool) -> Any:
+  """`module(x, train=train)`; with `remat`, the block's activations are not kept for the
+  backward pass but recomputed there from its input (flax `nn.remat`, i.e. `jax.checkpoint`),
+  trading about one more forward pass for the memory of the block's intermediates. The
+  parameter tree, values and gradients are unchanged (tests/test_remat.py). `train` is static:
+  BatchNorm's branch on it is Python control flow."""
+  if not remat:
+    return module(x, train=train)
+  return nn.remat(_call_in_mode, static_argnums=(2,))(module, x, train)
+
+
 def conv2d(features: int, kernel_size: int, *, stride: int = 1, dilation: int = 1,
            use_bias: bool = False, kernel_init: Any, dtype: Any, name: str) -> Conv2d:
   """`torch.nn.Conv2d(..., padding=dilation * (kernel_size // 2))` in NHWC, float32 params.

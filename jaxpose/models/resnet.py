@@ -119,6 +119,7 @@ class ResNet(nn.Module):
   """
   depth: int
   replace_stride_with_dilation: Sequence[bool] = (False, False, False)
+  remat: bool = False  # recompute each residual block in the backward pass (`layers.apply_block`)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -149,8 +150,8 @@ class ResNet(nn.Module):
         block_stride = stride if n == 0 else 1
         if layout.bottleneck:
           block_dilation = previous_dilation if n == 0 else dilation
-          x = Bottleneck(planes, block_stride, block_dilation, dtype=self.dtype,
-                         name=name)(x, train=train)
+          block = Bottleneck(planes, block_stride, block_dilation, dtype=self.dtype, name=name)
         else:
-          x = BasicBlock(planes, block_stride, dtype=self.dtype, name=name)(x, train=train)
+          block = BasicBlock(planes, block_stride, dtype=self.dtype, name=name)
+        x = layers.apply_block(block, x, train=train, remat=self.remat)
     return x

@@ -124,6 +124,7 @@ class SAN(nn.Module):
   num_deconv_layers: int = 3
   num_deconv_filters: Sequence[int] = (256, 256, 256)
   deconv_kernel: int = 4
+  remat: bool = False  # the backbone's blocks recomputed in the backward pass
   attention_reduction: int = 8
   dtype: Any = jnp.float32
 
@@ -140,7 +141,8 @@ class SAN(nn.Module):
       raise ValueError(f"SAN needs H and W divisible by 32, got images of shape {images.shape} "
                        "(NHWC); e.g. 256x256, 384x288, 64x64.")
 
-    features = resnet.ResNet(self.depth, dtype=self.dtype, name="backbone")(images, train=train)
+    features = resnet.ResNet(self.depth, remat=self.remat, dtype=self.dtype,
+                             name="backbone")(images, train=train)
     x, attention = SelfAttention(self.attention_reduction, dtype=self.dtype,
                                  name="attention")(features)
     maps_per_joint = max(self.depth_bins, 1)

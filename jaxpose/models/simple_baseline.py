@@ -52,6 +52,7 @@ class SimpleBaseline(nn.Module):
   num_deconv_layers: int = 3
   num_deconv_filters: Sequence[int] = (256, 256, 256)
   deconv_kernel: int = 4
+  remat: bool = False  # the backbone's blocks recomputed in the backward pass
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -64,7 +65,8 @@ class SimpleBaseline(nn.Module):
       raise ValueError(f"SimpleBaseline needs H and W divisible by 32, got images of shape "
                        f"{images.shape} (NHWC); e.g. 256x192, 384x288, 64x64, 96x64.")
 
-    features = resnet.ResNet(self.depth, dtype=self.dtype, name="backbone")(images, train=train)
+    features = resnet.ResNet(self.depth, remat=self.remat, dtype=self.dtype,
+                             name="backbone")(images, train=train)
     heatmaps = deconv_head(features, self.num_deconv_filters, self.deconv_kernel,
                            self.num_keypoints, train=train, dtype=self.dtype)
     return heatmaps.astype(jnp.float32), {"backbone": features}

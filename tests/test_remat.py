@@ -1,0 +1,93 @@
+"""`model.remat` (`layers.apply_block`): the backbone's blocks recomputed in the backward
+pass. It must change nothing but memory: the same parameter tree, loss, gradients and
+BatchNorm statistics, with every rematerialised block fenced for the compiler."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import default
+from jaxpose import train
+from jaxpose.errors import UserError
+from jaxpose.models import dekr
+from jaxpose.models import hourglass
+from jaxpose.models import hrnet
+from jaxpose.models import simple_baseline
+
+_TINY_HRNET_STAGES = ((1, 2, 1), (1, 3, 1), (1, 4, 1))  # (modules, branches, blocks)
+
+# Small instances of every model family that has the switch, and their input sizes.
+_MODELS = {
+    "simplebaseline_r18": (functools.partial(
+        simple_baseline.SimpleBaseline, depth=18, num_keypoints=3,
+        num_deconv_filters=(8, 8, 8)), 64),
+    "hrnet": (functools.partial(hrnet.HRNet, width=4, num_keypoints=3,
+                                stages=_TINY_HRNET_STAGES), 64),
+    "hourglass_2": (functools.partial(hourglass.StackedHourglass, num_stacks=2, width=16,
+                                      num_keypoints=3), 64),
+    "dekr": (functools.partial(dekr.DEKR, width=4, heatmap_channels=4, num_keypoints=3,
+                               stages=_TINY_HRNET_STAGES, offset_channels_per_keypoint=4), 64),
+}
+
+
+def _loss_and_grads(model, variables, images):
+  def loss_fn(params):
+    outputs, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                   images, train=True, mutable=["batch_stats"])
+    return sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(outputs)), updates
+  return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+
+
+def _scaled(tree):
+  """Each leaf divided by its largest magnitude: float32 sums in another order differ by
+  ~1e-7 of a leaf's scale, which an element-wise rtol misreads on its near-zero entries."""
+  return jax.tree.map(lambda leaf: leaf / jnp.maximum(jnp.max(jnp.abs(leaf)), 1e-12), tree)
+
+
+# Each gradient pair compiles for 30-60 s on a 2-core CPU: one family runs in the default
+# suite, the others with `-m slow`; all use the same `layers.apply_block` call, whose
+# lowering the next test checks for every family.
+@pytest.mark.parametrize("name", [
+    "simplebaseline_r18", pytest.param("hrnet", marks=pytest.mark.slow),
+    pytest.param("hourglass_2", marks=pytest.mark.slow), pytest.param("dekr", marks=pytest.mark.slow)])
+def test_remat_keeps_params_loss_gradients_and_batch_statistics(name):
+  constructor, size = _MODELS[name]
+  images = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+  plain, remat = constructor(), constructor(remat=True)
+  variables = plain.init(jax.random.key(1), images, train=False)
+  chex.assert_trees_all_equal_shapes(
+      variables, remat.init(jax.random.key(1), images, train=False))
+  (loss, stats), grads = _loss_and_grads(plain, variables, images)(variables["params"])
+  (loss_r, stats_r), grads_r = _loss_and_grads(remat, variables, images)(variables["params"])
+  chex.assert_trees_all_close(loss_r, loss, rtol=1e-5)
+  chex.assert_trees_all_close(_scaled(grads_r), _scaled(grads), atol=1e-5)
+  chex.assert_trees_all_close(_scaled(stats_r), _scaled(stats), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(_MODELS))
+def test_remat_fences_each_block_for_the_compiler(name):
+  # jax.checkpoint hands XLA the recomputation fenced by optimisation barriers, one per
+  # rematerialised block call; GPU and TPU compilers keep them (the memory saving). XLA's
+  # CPU pipeline expands them before fusion and CSE merges the recomputation back into the
+  # forward, so on CPU the compiled temporaries do not shrink (BUILD_NOTES, Performance).
+  constructor, size = _MODELS[name]
+  images = jnp.zeros((2, size, size, 3))
+  variables = constructor().init(jax.random.key(1), images, train=False)
+  barriers = []
+  for model in (constructor(), constructor(remat=True)):
+    text = _loss_and_grads(model, variables, images).lower(variables["params"]).as_text()
+    barriers.append(text.count("optimization_barrier"))
+  assert barriers[0] == 0 and barriers[1] > 0, barriers
+
+
+def test_config_switch_reaches_the_model_and_is_refused_where_missing():
+  config = default.get_config("smoke")
+  config.model.remat = True
+  assert train.build_model(config).remat
+  config.model.name = "sadinet"
+  config.data.keypoints = "mpii"
+  with pytest.raises(UserError, match="model.remat"):
+    train.build_model(config)
