@@ -42,10 +42,23 @@ def _loss_and_grads(model):
   return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
 
 
-def _scaled(tree):
-  """Each leaf divided by its largest magnitude: float32 sums in another order differ by
-  ~1e-7 of a leaf's scale, which an element-wise rtol misreads on its near-zero entries."""
-  return jax.tree.map(lambda leaf: leaf / jnp.maximum(jnp.max(jnp.abs(leaf)), 1e-12), tree)
+def _scaled(tree, reference):
+  """Each leaf divided by its largest magnitude in `reference`: float32 sums in another order
+  differ by ~1e-7 of a leaf's scale, which an element-wise rtol misreads on near-zero
+  entries. A leaf whose reference is below 1e-3 of the tree's largest value is a gradient
+  that is zero in exact arithmetic (a conv bias feeding BatchNorm): it becomes 0 here, after
+  `_assert_noise_leaves_small` checked that both trees keep it below that floor."""
+  floor = 1e-3 * max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(reference))
+  return jax.tree.map(lambda leaf, ref: leaf / jnp.max(jnp.abs(ref))
+                      if float(jnp.max(jnp.abs(ref))) > floor else jnp.zeros_like(leaf),
+                      tree, reference)
+
+
+def _assert_noise_leaves_small(tree, reference):
+  floor = 1e-3 * max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(reference))
+  for leaf, ref in zip(jax.tree.leaves(tree), jax.tree.leaves(reference)):
+    if float(jnp.max(jnp.abs(ref))) <= floor:
+      assert float(jnp.max(jnp.abs(leaf))) <= floor
 
 
 # Each gradient pair compiles for 35-60 s on a 2-core CPU, too long for CI's 15-minute
@@ -66,8 +79,9 @@ def test_remat_keeps_params_loss_gradients_and_batch_statistics(name):
   (loss, stats), grads = _loss_and_grads(plain)(*args)
   (loss_r, stats_r), grads_r = _loss_and_grads(remat)(*args)
   chex.assert_trees_all_close(loss_r, loss, rtol=1e-5)
-  chex.assert_trees_all_close(_scaled(grads_r), _scaled(grads), atol=1e-5)
-  chex.assert_trees_all_close(_scaled(stats_r), _scaled(stats), atol=1e-6)
+  _assert_noise_leaves_small(grads_r, grads)
+  chex.assert_trees_all_close(_scaled(grads_r, grads), _scaled(grads, grads), atol=1e-5)
+  chex.assert_trees_all_close(_scaled(stats_r, stats), _scaled(stats, stats), atol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(_MODELS))
