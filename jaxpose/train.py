@@ -151,8 +151,8 @@ def train(config, workdir: Path, model, mesh, checkpointer, log, evaluate=None
 # SAMKR's synthetic step (4.1 GB of temporaries) grew to 23 GB and was OOM-killed with 20
 # steps queued. On GPU/TPU two keep the device busy while the host reads the next batch.
 # On CPU the "device" is the host's own cores, and a step queued behind the running one
-# slows it down (SimpleBaseline-R50, batch 8, 2 cores: 5.0 s per step with two in flight,
-# 2.1 s with one); one in flight still overlaps the next batch's reading with the step,
+# slows it down (SimpleBaseline-R50, batch 8, 2 cores: 3.7-5.3 s per step with two in flight,
+# 1.9-2.1 s with one); one in flight still overlaps the next batch's reading with the step,
 # because the loop waits only just before it dispatches.
 ACCELERATOR_STEPS_IN_FLIGHT = 2
 CPU_STEPS_IN_FLIGHT = 1

@@ -64,10 +64,8 @@ def _assert_noise_leaves_small(tree, reference):
 # Each gradient pair compiles for 35-60 s on a 2-core CPU, too long for CI's 15-minute
 # budget: they run with `-m slow` (all passed 2026-12-03); every family uses the same
 # `layers.apply_block` call, whose lowering the next test checks in the default suite.
-@pytest.mark.parametrize("name", [
-    pytest.param("simplebaseline_r18", marks=pytest.mark.slow),
-    pytest.param("hrnet", marks=pytest.mark.slow),
-    pytest.param("hourglass_2", marks=pytest.mark.slow), pytest.param("dekr", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(_MODELS))
 def test_remat_keeps_params_loss_gradients_and_batch_statistics(name):
   constructor, size = _MODELS[name]
   images = jax.random.normal(jax.random.key(0), (2, size, size, 3))

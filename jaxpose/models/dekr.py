@@ -176,7 +176,7 @@ class DEKR(nn.Module):
   # SWAHR's scale branch for its scale-adaptive heatmap loss (SAMKR-W32); not in DEKR.
   scale_head: bool = False
   # Recompute the backbone's blocks and modules, and each keypoint's offset branch, in the
-  # backward pass (the 17 branches' bilinear samples dominate the step's memory at 512x512).
+  # backward pass (GPU/TPU; XLA's CPU compiler folds the recomputation back, BUILD_NOTES).
   remat: bool = False
   dtype: Any = jnp.float32
 

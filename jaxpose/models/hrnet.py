@@ -285,8 +285,9 @@ class HRNet(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-    features = HRNetBackbone(self.width, self.stages, multi_scale_output=False,
-                             remat=self.remat, dtype=self.dtype, name="backbone")(images, train=train)
+    backbone = HRNetBackbone(self.width, self.stages, multi_scale_output=False,
+                             remat=self.remat, dtype=self.dtype, name="backbone")
+    features = backbone(images, train=train)
     heatmaps = layers.Conv2d(self.num_keypoints, 1, use_bias=True, kernel_init=_conv_init,
                              dtype=self.dtype, name="final_layer")(features[0])
     return heatmaps.astype(jnp.float32), {"features": features[0]}

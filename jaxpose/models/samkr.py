@@ -141,7 +141,8 @@ class SAMKR(dekr.DEKR):
     for j in range(branches):
       y = x[..., j * channels:(j + 1) * channels]  # Eq. 1
       for n in range(self.offset_blocks):  # Eqs. 2, 7, 8
-        block = dekr.AdaptBlock(self.offset_dilation, self.dtype, name=f"offset_feature{j}_block{n}")
+        block = dekr.AdaptBlock(self.offset_dilation, self.dtype,
+                                name=f"offset_feature{j}_block{n}")
         y = layers.apply_block(block, y, train=train, remat=self.remat)
       attention = SubspaceAttention(self.num_subspaces, self.dtype, name=f"offset_attention{j}")
       y = layers.apply_block(attention, y, train=train, remat=self.remat)  # Eqs. 3-5, 9
