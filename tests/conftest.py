@@ -53,6 +53,17 @@ def read_metrics(workdir: Path) -> list[dict]:
   return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+# Each xdist worker is a JAX process that compiles with every core and holds a few GB; past
+# four, more workers add memory more than speed.
+MAX_TEST_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+  """`-n auto` (pyproject addopts): one worker per core, at most MAX_TEST_WORKERS."""
+  del config
+  return max(1, min(MAX_TEST_WORKERS, os.cpu_count() or 1))
+
+
 @pytest.fixture(scope="session")
 def synthetic_cache(tmp_path_factory) -> Path:
   """One synthetic-data cache shared by every launch in the session."""
