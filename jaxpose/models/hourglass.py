@@ -115,7 +115,7 @@ class Residual(nn.Module):
       y = _conv(y, width, kernel_size, self.dtype, f"conv{i}")
     if x.shape[-1] != self.features:
       x = _conv(x, self.features, 1, self.dtype, "skip_layer")
-    return y + x
+    return layers.fenced(self, y + x)
 
 
 class Hourglass(nn.Module):

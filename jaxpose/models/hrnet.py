@@ -183,7 +183,8 @@ class HighResolutionModule(nn.Module):
     branches = []
     for b, x in enumerate(features):
       for n in range(self.num_blocks):
-        x = BasicBlock(dtype=self.dtype, name=f"branch{b}_block{n}")(x, train=train)
+        x = layers.apply_block(BasicBlock(dtype=self.dtype, name=f"branch{b}_block{n}"), x,
+                               train=train, remat=False)
       branches.append(x)
     if len(branches) == 1:
       return branches
