@@ -184,7 +184,7 @@ class HighResolutionModule(nn.Module):
     for b, x in enumerate(features):
       for n in range(self.num_blocks):
         x = layers.apply_block(BasicBlock(dtype=self.dtype, name=f"branch{b}_block{n}"), x,
-                               train=train, remat=False)
+                               train=train, remat=False, fence=True)
       branches.append(x)
     if len(branches) == 1:
       return branches
@@ -241,7 +241,7 @@ class HRNetBackbone(nn.Module):
     x = nn.relu(layers.batch_norm(train, self.dtype, name="bn2")(x))
     for n in range(_LAYER1_BLOCKS):
       x = layers.apply_block(Bottleneck(_LAYER1_PLANES, dtype=self.dtype, name=f"layer1_block{n}"),
-                             x, train=train, remat=self.remat)
+                             x, train=train, remat=self.remat, fence=True)
 
     features = [x]
     for s, spec in enumerate(stages):
@@ -253,7 +253,8 @@ class HRNetBackbone(nn.Module):
         module = HighResolutionModule(
             spec.num_blocks, multi_scale_output=self.multi_scale_output or not is_last_module,
             dtype=self.dtype, name=f"stage{s + 2}_module{m}")
-        features = layers.apply_block(module, features, train=train, remat=self.remat)
+        features = layers.apply_block(module, features, train=train, remat=self.remat,
+                                        fence=True)
     return features
 
 

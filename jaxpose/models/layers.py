@@ -94,8 +94,9 @@ def fenced(module: nn.Module, outputs: Any) -> Any:
   return jax.tree.map(lambda y: materialize(y, params[0]), outputs)
 
 
-def apply_block(module: nn.Module, x: Any, *, train: bool, remat: bool) -> Any:
-  """`module(x, train=train)`, its outputs `fenced`.
+def apply_block(module: nn.Module, x: Any, *, train: bool, remat: bool, fence: bool = False
+                ) -> Any:
+  """`module(x, train=train)`, its outputs `fenced` if `fence` (HRNet: see `materialize`).
 
   With `remat`, the block's activations are not kept for the backward pass but recomputed
   there from its input (flax `nn.remat`, i.e. `jax.checkpoint`), trading about one more
@@ -106,7 +107,7 @@ def apply_block(module: nn.Module, x: Any, *, train: bool, remat: bool) -> Any:
     outputs = nn.remat(_call_in_mode, static_argnums=(2,))(module, x, train)
   else:
     outputs = module(x, train=train)
-  return fenced(module, outputs)
+  return fenced(module, outputs) if fence else outputs
 
 
 def conv2d(features: int, kernel_size: int, *, stride: int = 1, dilation: int = 1,
