@@ -72,14 +72,14 @@ def materialize(x: jax.Array, witness: jax.Array) -> jax.Array:
   compile time and step time grow quadratically. 32 HRNet BasicBlocks in a row: compile
   35.8 s and step 4.0-4.7 s without this fence, 5.8 s and 2.0 s with it (BUILD_NOTES,
   performance). The price is a copy of `x` each way, so it is used where it was measured to
-  pay: HRNet's blocks and modules, the hourglass's residuals; not ResNet's bottlenecks, whose
-  short chains over wide maps ran 15% slower fenced. A `lax.cond` is a boundary fusion
-  cannot cross; its predicate must be a runtime value, or XLA folds the branch away:
-  `witness` is any scalar the step reads anyway (a parameter of the block: replicated, so
-  no device talks to another). Both branches return `x` bit for bit, `witness` NaN or not
-  (the second is written `x * 1` so that XLA does not merge two identical branches before
-  fusing).
-  `optimization_barrier` does not work here: the CPU pipeline drops it before fusion.
+  pay: HRNet's blocks and modules, the hourglass's residuals, SADI-Net's RFMs; not ResNet's
+  bottlenecks, whose short chains over wide maps ran 15% slower fenced. A `lax.cond` is a
+  boundary fusion cannot cross; its predicate must be a runtime value, or XLA folds the
+  branch away: `witness` is any scalar the step reads anyway (a parameter of the block:
+  replicated, so no device talks to another). Both branches return `x` bit for bit,
+  `witness` NaN or not (the second is written `x * 1` so that XLA does not merge two
+  identical branches before fusing). `optimization_barrier` does not work here: the CPU
+  pipeline drops it before fusion.
   """
   def through_cond(x, witness):
     return jax.lax.cond(witness == witness, lambda v: v, lambda v: v * 1, x)

@@ -123,7 +123,7 @@ class RFM(nn.Module):
     y = SqueezeExcitation(self.se_reduction, dtype=self.dtype, name="se")(y + dilated)
     if x.shape[-1] != self.features:
       x = bn("downsample_bn")(conv(self.features, 1, "downsample_conv")(x))
-    return nn.relu(y + x)
+    return layers.fenced(self, nn.relu(y + x))
 
 
 class RFMHourglass(nn.Module):
