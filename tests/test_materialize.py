@@ -29,8 +29,7 @@ class _Chain(nn.Module):
   @nn.compact
   def __call__(self, x, *, train):
     for n in range(self.depth):
-      x = layers.apply_block(hrnet.BasicBlock(name=f"block{n}"), x, train=train, remat=False,
-                             fence=True)
+      x = hrnet.BasicBlock(name=f"block{n}")(x, train=train)
     return x
 
 

@@ -108,7 +108,7 @@ class BasicBlock(nn.Module):
     y = nn.relu(layers.batch_norm(train, self.dtype, name="bn1")(y))
     y = _conv(channels, 3, 1, self.dtype, name="conv2")(y)
     y = layers.batch_norm(train, self.dtype, name="bn2")(y)
-    return nn.relu(y + x)
+    return layers.fenced(self, nn.relu(y + x))
 
 
 class Bottleneck(nn.Module):
@@ -130,7 +130,7 @@ class Bottleneck(nn.Module):
     y = layers.batch_norm(train, self.dtype, name="bn3")(y)
     if x.shape[-1] != out_channels:
       x = ConvBN(out_channels, 1, relu=False, dtype=self.dtype, name="downsample")(x, train=train)
-    return nn.relu(y + x)
+    return layers.fenced(self, nn.relu(y + x))
 
 
 class Transition(nn.Module):
@@ -183,8 +183,7 @@ class HighResolutionModule(nn.Module):
     branches = []
     for b, x in enumerate(features):
       for n in range(self.num_blocks):
-        x = layers.apply_block(BasicBlock(dtype=self.dtype, name=f"branch{b}_block{n}"), x,
-                               train=train, remat=False, fence=True)
+        x = BasicBlock(dtype=self.dtype, name=f"branch{b}_block{n}")(x, train=train)
       branches.append(x)
     if len(branches) == 1:
       return branches
@@ -207,7 +206,7 @@ class HighResolutionModule(nn.Module):
                        dtype=self.dtype, name=f"fuse{i}_from{j}_down{k}")(x, train=train)
         total = x if total is None else total + x
       fused.append(nn.relu(total))
-    return fused
+    return layers.fenced(self, fused)
 
 
 class HRNetBackbone(nn.Module):
@@ -241,7 +240,7 @@ class HRNetBackbone(nn.Module):
     x = nn.relu(layers.batch_norm(train, self.dtype, name="bn2")(x))
     for n in range(_LAYER1_BLOCKS):
       x = layers.apply_block(Bottleneck(_LAYER1_PLANES, dtype=self.dtype, name=f"layer1_block{n}"),
-                             x, train=train, remat=self.remat, fence=True)
+                             x, train=train, remat=self.remat)
 
     features = [x]
     for s, spec in enumerate(stages):
@@ -253,8 +252,7 @@ class HRNetBackbone(nn.Module):
         module = HighResolutionModule(
             spec.num_blocks, multi_scale_output=self.multi_scale_output or not is_last_module,
             dtype=self.dtype, name=f"stage{s + 2}_module{m}")
-        features = layers.apply_block(module, features, train=train, remat=self.remat,
-                                        fence=True)
+        features = layers.apply_block(module, features, train=train, remat=self.remat)
     return features
 
 

@@ -90,27 +90,23 @@ def materialize(x: jax.Array, witness: jax.Array) -> jax.Array:
 
 def fenced(module: nn.Module, outputs: Any) -> Any:
   """Each array of `outputs`, `materialize`d with the first parameter `module` has created
-  as the witness (a residual block's output: see `materialize`). Unchanged if it has none."""
+  as the witness; a block calls it on its own output (`return fenced(self, out)`).
+  Unchanged if the module has no parameters."""
   params = jax.tree.leaves(module.variables.get("params", {}))
   if not params:
     return outputs
   return jax.tree.map(lambda y: materialize(y, params[0]), outputs)
 
 
-def apply_block(module: nn.Module, x: Any, *, train: bool, remat: bool, fence: bool = False
-                ) -> Any:
-  """`module(x, train=train)`, its outputs `fenced` if `fence` (HRNet: see `materialize`).
-
-  With `remat`, the block's activations are not kept for the backward pass but recomputed
-  there from its input (flax `nn.remat`, i.e. `jax.checkpoint`), trading about one more
-  forward pass for the memory of the block's intermediates. The parameter tree, values and
-  gradients are unchanged (tests/test_remat.py). `train` is static: BatchNorm's branch on
-  it is Python control flow."""
-  if remat:
-    outputs = nn.remat(_call_in_mode, static_argnums=(2,))(module, x, train)
-  else:
-    outputs = module(x, train=train)
-  return fenced(module, outputs) if fence else outputs
+def apply_block(module: nn.Module, x: Any, *, train: bool, remat: bool) -> Any:
+  """`module(x, train=train)`; with `remat`, the block's activations are not kept for the
+  backward pass but recomputed there from its input (flax `nn.remat`, i.e. `jax.checkpoint`),
+  trading about one more forward pass for the memory of the block's intermediates. The
+  parameter tree, values and gradients are unchanged (tests/test_remat.py). `train` is static:
+  BatchNorm's branch on it is Python control flow."""
+  if not remat:
+    return module(x, train=train)
+  return nn.remat(_call_in_mode, static_argnums=(2,))(module, x, train)
 
 
 def conv2d(features: int, kernel_size: int, *, stride: int = 1, dilation: int = 1,
