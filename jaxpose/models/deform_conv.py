@@ -17,12 +17,13 @@ channel c, and the offset channels laid out as torchvision's: per group, per tap
 y >= H, x <= -1 or x >= W is 0; otherwise each of the 4 corners (floor(y) + {0, 1},
 floor(x) + {0, 1}) outside the image contributes 0.
 
-Implementation: the 4 corners of every (output pixel, group, tap) are read with one flat
-gather, combined with their bilinear weights into [B*Ho*Wo, T*C] columns, and one matmul with
-the kernel as [T*C, O] gives the output. The gradient is JAX's: the gather's transpose is a
-scatter-add into the input, the offset gradient flows through the bilinear weights (floor has
-zero derivative), both equal to torchvision's (`deformable_col2im{,_coord}_kernel`) for samples
-inside (-1, H) x (-1, W); no convolution is involved, so XLA CPU's slow conv weight-gradient is
+Implementation: the 2 x 2 corner window of every (output pixel, group, tap) is read with one
+gather from the zero-ringed image, blended with its bilinear weights into [B*Ho*Wo, T*C]
+columns, and one matmul with the kernel as [T*C, O] gives the output. The gradient is JAX's:
+the gather's transpose is a scatter-add into the input, the offset gradient flows through the
+bilinear weights (floor has zero derivative), both equal to torchvision's
+(`deformable_col2im{,_coord}_kernel`) for samples inside (-1, H) x (-1, W); no convolution is
+involved, so XLA CPU's slow conv weight-gradient is
 never hit. Convolution groups (torchvision's weight [O, C / groups, kh, kw]) are not
 supported: no jaxpose model uses them.
 """
@@ -32,6 +33,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+from jaxpose.models import layers
 
 IntPair = int | tuple[int, int]
 
@@ -43,12 +47,19 @@ def _pair(value: IntPair) -> tuple[int, int]:
 # A named sub-computation, so `jaxpose.tools.summary` can leave the bilinear blend (sampling,
 # not convolution, as torchvision's FLOP counts do) out of the MACs.
 @jax.jit
-def _sample_columns(x: jax.Array, y_coords: jax.Array, x_coords: jax.Array) -> jax.Array:
+def _sample_columns(x: jax.Array, y_coords: jax.Array, x_coords: jax.Array,
+                    witness: jax.Array) -> jax.Array:
   """Bilinear samples of x [B, H, W, G, Cg] at coords [B, N, G, T] -> [B, N, G, T, Cg].
 
   torchvision's `bilinear_interpolate`: 0 outside (-1, H) x (-1, W), out-of-image corners 0.
-  Ho and Wo are merged (N = Ho * Wo) to keep every array at rank <= 6: jaxlib 0.10.2 on CPU
-  segfaults on some 7-D broadcast-reduce programs with a unit axis (G = 1 is one).
+  The image gets a one-pixel ring of zeros, so a sample inside (-1, H) x (-1, W) reads its
+  2 x 2 corner window in one gather slice (out-of-image corners read the ring's zeros) and only
+  samples wholly outside need a mask. The windows and the weights are `materialize`d (witness:
+  any parameter, here the kernel) and blended by element-wise multiply-adds: unfenced, XLA CPU
+  fused the coordinate arithmetic and the gather into each of the blend's consumers (forward
+  and backward) and recomputed them there; a batched einsum over the corners instead
+  materialised and transposed a [.., 4, Cg] tensor. SAMKR's synthetic train step (17 branches
+  x 2 adaptive convs): 5.8 s -> 3.7 s under the profiler (BUILD_NOTES, performance).
   """
   batch, height, width, groups, group_channels = x.shape
   inside = (y_coords > -1) & (y_coords < height) & (x_coords > -1) & (x_coords < width)
@@ -57,23 +68,37 @@ def _sample_columns(x: jax.Array, y_coords: jax.Array, x_coords: jax.Array) -> j
   x_coords = jnp.clip(x_coords, -1.0, float(width))
   y_low, x_low = jnp.floor(y_coords), jnp.floor(x_coords)
   frac_y, frac_x = y_coords - y_low, x_coords - x_low
+  # torchvision's corner weights, zero for a sample wholly outside; [B N G T, 1] each.
+  inside = inside.reshape(-1, 1).astype(x.dtype)
+  frac_y = frac_y.reshape(-1, 1).astype(x.dtype)
+  frac_x = frac_x.reshape(-1, 1).astype(x.dtype)
+  high_y, high_x = frac_y * inside, frac_x
+  low_y, low_x = (1 - frac_y) * inside, 1 - frac_x
+  weights = layers.materialize(jnp.concatenate(
+      [low_y * low_x, low_y * high_x, high_y * low_x, high_y * high_x], axis=1), witness)
 
-  rows = jnp.stack([y_low, y_low, y_low + 1, y_low + 1], axis=-1)  # corner order: 00 01 10 11
-  cols = jnp.stack([x_low, x_low + 1, x_low, x_low + 1], axis=-1)
-  weights = jnp.stack([(1 - frac_y) * (1 - frac_x), (1 - frac_y) * frac_x,
-                       frac_y * (1 - frac_x), frac_y * frac_x], axis=-1)
-  in_image = (rows >= 0) & (rows <= height - 1) & (cols >= 0) & (cols <= width - 1)
-  weights = jnp.where(in_image & inside[..., None], weights, 0.0)
-
-  # One flat gather over (batch, pixel, group) rows of Cg channels.
-  rows = jnp.clip(rows, 0, height - 1).astype(jnp.int32)
-  cols = jnp.clip(cols, 0, width - 1).astype(jnp.int32)
-  batch_index = jnp.arange(batch, dtype=jnp.int32).reshape(batch, 1, 1, 1, 1)
-  group_index = jnp.arange(groups, dtype=jnp.int32).reshape(1, 1, groups, 1, 1)
-  flat_index = ((batch_index * height + rows) * width + cols) * groups + group_index
-  corners = jnp.take(x.reshape(-1, group_channels), flat_index, axis=0, mode="clip")
-  # [B, N, G, T, 4, Cg] weighted over the 4 corners
-  return jnp.einsum("bngtk,bngtkc->bngtc", weights.astype(x.dtype), corners)
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0)))
+  # Window start in the padded image: floor + 1, in [0, H + 1]; H + 1 only for a sample
+  # wholly outside (weight 0), so clipping it to H changes nothing.
+  start_y = jnp.clip(y_low.astype(jnp.int32) + 1, 0, height)
+  start_x = jnp.clip(x_low.astype(jnp.int32) + 1, 0, width)
+  batch_index = jnp.broadcast_to(jnp.arange(batch, dtype=jnp.int32)[:, None, None, None],
+                                 start_y.shape)
+  group_index = jnp.broadcast_to(jnp.arange(groups, dtype=jnp.int32)[None, None, :, None],
+                                 start_y.shape)
+  indices = jnp.stack([batch_index, start_y, start_x, group_index], axis=-1).reshape(-1, 4)
+  windows = lax.gather(
+      padded, indices,
+      lax.GatherDimensionNumbers(offset_dims=(1, 2, 3), collapsed_slice_dims=(0, 3),
+                                 start_index_map=(0, 1, 2, 3)),
+      slice_sizes=(1, 2, 2, 1, group_channels),
+      mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS).reshape(-1, 4, group_channels)
+  windows = layers.materialize(windows, witness)
+  # torchvision's sum order, w00 v00 + w01 v01 + w10 v10 + w11 v11 (a jnp.sum over the window
+  # axes became a YNN reduction that fused, and recomputed, its broadcasts: slower).
+  columns = (weights[:, 0:1] * windows[:, 0] + weights[:, 1:2] * windows[:, 1]
+             + weights[:, 2:3] * windows[:, 2] + weights[:, 3:4] * windows[:, 3])
+  return columns.reshape(y_coords.shape + (group_channels,))
 
 
 def deform_conv2d(x: jax.Array, offset: jax.Array, weight: jax.Array,
@@ -120,7 +145,7 @@ def deform_conv2d(x: jax.Array, offset: jax.Array, weight: jax.Array,
 
   grouped = x.reshape(batch, height, width, offset_groups, channels // offset_groups)
   columns = _sample_columns(grouped, y_coords.reshape(coords_shape),
-                            x_coords.reshape(coords_shape))  # [B, Ho * Wo, G, T, Cg]
+                            x_coords.reshape(coords_shape), weight)  # [B, Ho * Wo, G, T, Cg]
   if mask is not None:
     columns = columns * mask.reshape(coords_shape)[..., None].astype(columns.dtype)
   # Column order (tap, channel) matches weight.reshape(T * C, O); channel = g * Cg + c.
