@@ -174,10 +174,13 @@ def bottomup_eval(batch_size: int, input_size: int, canvas_size: int, num_visual
     that does not fit is resized smaller and counted in `eval_images_shrunk`).
   max_people, center_threshold, nms_distance, nms_min_joints: DEKR's MAX_NUM_PEOPLE,
     KEYPOINT_THRESHOLD, NMS_THRE, NMS_NUM_THRE (COCO 30 / 0.01 / 0.05 / 8).
+  rescore_model: DEKR's pose rescoring net (RESCORE.VALID / MODEL_FILE): a released .pth or
+    the .npz of `python -m jaxpose.tools.rescore`; "" scores poses by their heat values only.
   """
   block = dict(batch_size=batch_size, flip_test=True, input_size=input_size,
                canvas_size=canvas_size, max_people=30, center_threshold=0.01,
-               nms_distance=0.05, nms_min_joints=8, num_visualize=num_visualize)
+               nms_distance=0.05, nms_min_joints=8, num_visualize=num_visualize,
+               rescore_model="")
   block.update(overrides)
   return ml_collections.ConfigDict(block)
 

@@ -49,6 +49,7 @@ from jaxpose.data import mixture
 from jaxpose.data import pipeline
 from jaxpose.data import sources
 from jaxpose.errors import UserError
+from jaxpose.evaluation import rescore
 from jaxpose.losses import bottomup as bottomup_losses
 
 # The sources each kind's `open_split` opens.
@@ -96,6 +97,11 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   _check_model_options(config.model)
   if kind == "bottomup":
     bottomup_pipeline.input_size(config)  # square, a multiple of 32
+    if config.eval.rescore_model:  # read now, not at the first evaluation hours later
+      try:
+        rescore.load(config.eval.rescore_model, config.data.keypoints)
+      except UserError as error:
+        raise UserError(f"config key eval.rescore_model: {error}") from None
   _check_heatmap_shape(config)
 
 

@@ -54,7 +54,7 @@ def _config(cache_dir: str) -> ml_collections.ConfigDict:
       loss=dict(heatmap_loss="dekr", heatmap_factor=1.0, offset_factor=0.03, scale_factor=1.0),
       eval=dict(batch_size=2, flip_test=True, input_size=INPUT, canvas_size=INPUT,
                 max_people=30, center_threshold=0.01, nms_distance=0.05, nms_min_joints=8,
-                num_visualize=1),
+                num_visualize=1, rescore_model=""),
   ))
 
 

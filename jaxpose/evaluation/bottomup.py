@@ -4,13 +4,14 @@ As DEKR's `tools/valid.py` at one scale (HRNet/DEKR @7a30313): every val image, 
 without annotations, is resized keeping its aspect ratio (`bottomup_pipeline.eval_dataset`,
 padded to one canvas), run through the jitted predict step (flip test, centre peaks, poses
 from the offsets, heatmap rescoring, pose NMS: `bottomup_step.make_bottomup_predict_step`),
-mapped back to image pixels on the host, and every kept pose is written with its score to a
-results json (DEKR applies no OKS-NMS or further rescoring here; its learned rescoring net,
-RESCORE.VALID, is not included), scored with pycocotools (`coco_eval`) or crowdpose-api's
-rules (`crowdpose_eval`) by `data.keypoints`.
+mapped back to image pixels on the host, its score multiplied by the rescoring net's predicted
+OKS if `eval.rescore_model` names one (DEKR's RESCORE.VALID, `jaxpose.evaluation.rescore`),
+and every kept pose is written with its score to a results json (DEKR applies no OKS-NMS
+here), scored with pycocotools (`coco_eval`) or crowdpose-api's rules (`crowdpose_eval`) by
+`data.keypoints`.
 
 Config keys read: `eval.{batch_size, flip_test, input_size, canvas_size, max_people,
-center_threshold, nms_distance, nms_min_joints, num_visualize}`, `data.*`, `input.*` as the
+center_threshold, nms_distance, nms_min_joints, num_visualize, rescore_model}`, `data.*`, `input.*` as the
 pipeline.
 """
 
@@ -27,6 +28,7 @@ from jaxpose.data import bottomup_pipeline
 from jaxpose.data import image_io
 from jaxpose.evaluation import coco_eval
 from jaxpose.evaluation import crowdpose_eval
+from jaxpose.evaluation import rescore
 
 _GATHERED = ("center_xy", "scale_wh", "input_wh", "record_index", "skipped", "shrunk")
 
@@ -116,6 +118,9 @@ def evaluate(config, model, variables, mesh, workdir: Path, step: int) -> dict[s
   predicted = predict_poses(config, model, variables, mesh, source)
   if jax.process_index() != 0:
     return {}
+  if config.eval.rescore_model:
+    net = rescore.load(config.eval.rescore_model, source.spec.dataset)
+    predicted["poses"] = rescore.rescore_poses(net, predicted["poses"], source.spec.dataset)
   results = results_json_entries(source, predicted["poses"])
   scorer = crowdpose_eval if source.spec.dataset == "crowdpose" else coco_eval
   metrics = scorer.evaluate_keypoints(source.annotation_file, results,
