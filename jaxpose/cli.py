@@ -1,5 +1,6 @@
-"""The command-line shell of jaxpose's programs (`jaxpose.launch`, `jaxpose.data.check`):
-absl flags plus an ml_collections `--config` flag, where a bad flag, config key or value is
+"""The command-line shell of jaxpose's programs (`jaxpose.launch`, `jaxpose.data.check`;
+without `--config`: `jaxpose.tools.summary`, `jaxpose.tools.rescore`): absl flags plus an
+ml_collections `--config` flag, where a bad flag, config key or value is
 one line that names it (`PROGRAM: error: ...`, exit 2), never a traceback."""
 
 import functools
@@ -55,3 +56,14 @@ def run(program: str, main: Callable[..., None]) -> None:
       fail(program, _config_error(e))
 
   app.run(functools.partial(main, config_flag=config_flag), flags_parser=parse_flags)
+
+
+def run_without_config(program: str, main: Callable[[list[str]], None]) -> None:
+  """Runs `main(argv)` under absl, a bad flag being one line (no `--config` flag)."""
+  def parse_flags(argv: list[str]) -> list[str]:
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      fail(program, _one_line(str(e)))
+
+  app.run(main, flags_parser=parse_flags)

@@ -15,10 +15,9 @@ Prints one line per epoch (mean MSE) and the file written. DEKR's released nets
 `eval.rescore_model` too.
 """
 
-import sys
+from absl import flags
 
-from absl import app, flags
-
+from jaxpose import cli as cli_lib
 from jaxpose.errors import UserError
 from jaxpose.evaluation import rescore
 
@@ -38,15 +37,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Init and shuffling seed.")
 
 
 def _fail(message: str) -> None:
-  print(f"jaxpose.tools.rescore: error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e).splitlines()[0])
+  cli_lib.fail("jaxpose.tools.rescore", message)
 
 
 def main(argv: list[str]) -> None:
@@ -74,7 +65,7 @@ def main(argv: list[str]) -> None:
 
 
 def cli() -> None:
-  app.run(main, flags_parser=_parse_flags)
+  cli_lib.run_without_config("jaxpose.tools.rescore", main)
 
 
 if __name__ == "__main__":

@@ -57,17 +57,17 @@ import dataclasses
 import json
 import math
 import re
-import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 from flax.core import meta
 from jax.extend import core
 
+from jaxpose import cli as cli_lib
 from jaxpose import models
 
 _MODEL = flags.DEFINE_string("model", None,
@@ -267,16 +267,7 @@ def format_text(summary: Summary) -> str:
 
 
 def _fail(message: str) -> None:
-  print(f"jaxpose.tools.summary: error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, but a bad flag is one line, not absl's usage text."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e).splitlines()[0])
+  cli_lib.fail("jaxpose.tools.summary", message)
 
 
 def main(argv: list[str]) -> None:
@@ -304,7 +295,7 @@ def main(argv: list[str]) -> None:
 
 
 def cli() -> None:
-  app.run(main, flags_parser=_parse_flags)
+  cli_lib.run_without_config("jaxpose.tools.summary", main)
 
 
 if __name__ == "__main__":
