@@ -6,8 +6,8 @@ normalised smooth-L1 (factor 0.03); rotation +-30 deg, scale 0.75-1.5, translati
 (DEKR's MAX_TRANSLATE 40 of its 200 px unit: 0.2 of the short side), flip; Adam 1e-3, x0.1
 at epochs 90 and 120, 140 epochs. Test: DEKR's single-scale flip test (short side 512 /
 640); DEKR's learned pose rescoring with `--config.eval.rescore_model=` (its released net, or
-one fitted by `python -m jaxpose.tools.rescore`). ImageNet HRNet weights (DEKR's MODEL.PRETRAINED) through
-`--config.model.init_from=hrnet_w32-36af842e.pth`.
+one fitted by `python -m jaxpose.tools.rescore`). ImageNet HRNet weights (DEKR's
+MODEL.PRETRAINED) through `--config.model.init_from=hrnet_w32-36af842e.pth`.
 
   python -m jaxpose.launch --config configs/samkr_coco.py --config.data.root=/data/coco
   python -m jaxpose.launch --config configs/samkr_coco.py:backbone=w48

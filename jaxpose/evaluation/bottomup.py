@@ -11,8 +11,8 @@ here), scored with pycocotools (`coco_eval`) or crowdpose-api's rules (`crowdpos
 `data.keypoints`.
 
 Config keys read: `eval.{batch_size, flip_test, input_size, canvas_size, max_people,
-center_threshold, nms_distance, nms_min_joints, num_visualize, rescore_model}`, `data.*`, `input.*` as the
-pipeline.
+center_threshold, nms_distance, nms_min_joints, num_visualize, rescore_model}`, `data.*`,
+`input.*` as the pipeline.
 """
 
 from pathlib import Path

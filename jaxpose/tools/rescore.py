@@ -5,9 +5,10 @@ DEKR's recipe (`tools/valid.py` with RESCORE.GET_DATA on the train split, then
 
   # 1. the trained model's poses on the train split (written as results_val_step<N>.json)
   python -m jaxpose.launch --config configs/samkr_coco.py --workdir runs/samkr --mode eval \\
-      --config.data.val_split=train
+      --config.data.root=/data/coco --config.data.val_split=train2017
   # 2. fit the net on them; then evaluate with --config.eval.rescore_model=runs/samkr/rescore.npz
-  python -m jaxpose.tools.rescore --annotations data/coco/annotations/person_keypoints_train2017.json \\
+  python -m jaxpose.tools.rescore \\
+      --annotations /data/coco/annotations/person_keypoints_train2017.json \\
       --results runs/samkr/results_val_step140000.json --out runs/samkr/rescore.npz
 
 Prints one line per epoch (mean MSE) and the file written. DEKR's released nets
