@@ -38,6 +38,7 @@ import optax
 from pycocotools.cocoeval import COCOeval
 
 from jaxpose import torch_checkpoint
+from jaxpose.data import keypoints as keypoints_lib
 from jaxpose.errors import UserError
 from jaxpose.evaluation import coco_eval
 from jaxpose.evaluation import crowdpose_eval
@@ -53,7 +54,6 @@ LIMBS = {
 # for COCO the two shoulder-hip sides, for CrowdPose the left thigh and shin).
 TORSO_LIMBS = (9, 11)
 HIDDEN = 256  # RESCORE.HIDDEN_LAYER
-_NUM_KEYPOINTS = {"coco": 17, "crowdpose": 14}
 
 
 def pose_features(keypoints: np.ndarray, dataset: str) -> np.ndarray:
@@ -108,7 +108,7 @@ def load(path: str | Path, dataset: str) -> dict:
       state = dict(stored)
   else:
     state = torch_checkpoint.state_dict(path)
-  num_features = 3 * len(LIMBS[dataset]) + _NUM_KEYPOINTS[dataset]
+  num_features = 3 * len(LIMBS[dataset]) + keypoints_lib.get_spec(dataset).num_keypoints
   expected = [f"{layer}.{name}" for layer in ("l1", "l2", "l3") for name in ("weight", "bias")]
   if sorted(state) != sorted(expected):
     raise UserError(f"{path}: holds {sorted(state)[:8]}, not a rescoring net ({expected})")
