@@ -81,12 +81,16 @@ def topdown_augmentation(**overrides) -> ml_collections.ConfigDict:
 
 
 def train_loop(log_every_steps: int, checkpoint_every_steps: int, keep_checkpoints: int = 2,
-               eval_every_steps: int = 0) -> ml_collections.ConfigDict:
+               eval_every_steps: int = 0, eval_at_start: bool = False
+               ) -> ml_collections.ConfigDict:
   """The `train` block; the config then sets exactly one of `total_steps`, `total_epochs`.
 
   eval_every_steps: also evaluate on the val split every this many steps while training
     (mmpose's `val_interval`), each result a row of metrics.jsonl; 0: only after training
     (`--mode train_and_eval`).
+  eval_at_start: also evaluate a new run's initial weights before its first step (a
+    metrics.jsonl row at step 0): the point a learning curve starts from, and a check that
+    imported weights (`model.init_from`) score what their source reports.
   """
   return ml_collections.ConfigDict(dict(
       total_steps=placeholder(int),
@@ -95,6 +99,7 @@ def train_loop(log_every_steps: int, checkpoint_every_steps: int, keep_checkpoin
       checkpoint_every_steps=checkpoint_every_steps,
       keep_checkpoints=keep_checkpoints,
       eval_every_steps=eval_every_steps,
+      eval_at_start=eval_at_start,
   ))
 
 

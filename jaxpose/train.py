@@ -93,7 +93,8 @@ class _Progress:
 def train(config, workdir: Path, model, mesh, checkpointer, log, evaluate=None
           ) -> step_lib.TrainState:
   """Trains to `train.total_steps`, resuming from the latest checkpoint; `evaluate(state)` is
-  called every `train.eval_every_steps` steps before the last."""
+  called every `train.eval_every_steps` steps before the last, and on a new run's initial
+  state with `train.eval_at_start`."""
   family = families.for_config(config)
   source = family.open_split(config, config.data.train_split)
   # Persons left out when the split was opened: constant for the run, carried by every row.
@@ -130,6 +131,8 @@ def train(config, workdir: Path, model, mesh, checkpointer, log, evaluate=None
     if config.model.init_from:
       _say(f"initialised {'the backbone' if config.model.init_backbone_only else 'all weights'}"
            f" from {config.model.init_from}")
+    if evaluate is not None and config.train.eval_at_start:
+      evaluate(state)
   start_step = int(state.step)
   _say(f"training {config.model.name} for {total_steps} steps ({steps_per_epoch} steps/epoch, "
        f"global batch {global_batch_size}, {len(source)} records) on {jax.device_count()} devices")

@@ -87,14 +87,19 @@ def test_one_device_four_devices_and_two_processes_train_alike(tmp_path, synthet
   losses and params (to 1e-5), and the same eval metrics for 1 x 4 and 2 x 2."""
   single, one, two = tmp_path / "single", tmp_path / "one", tmp_path / "two"
 
+  # The single-device run and the four-device one (both its launches) also evaluate their
+  # initial weights: that must leave training unchanged, and a resumed run must not repeat it.
+  at_start = "--config.train.eval_at_start=True"
+
   def single_device():
-    launch(single, *_OVERRIDES, "--config.train.total_steps=5", devices=1,
+    launch(single, *_OVERRIDES, "--config.train.total_steps=5", at_start, devices=1,
            cache_dir=synthetic_cache)
 
   def four_devices():
     # Each run: 3 steps, then the same command with 5 steps resumes from the step-3 checkpoint.
-    launch(one, *_OVERRIDES, "--config.train.total_steps=3", devices=4, cache_dir=synthetic_cache)
-    return launch(one, *_OVERRIDES, "--config.train.total_steps=5", devices=4,
+    launch(one, *_OVERRIDES, "--config.train.total_steps=3", at_start, devices=4,
+           cache_dir=synthetic_cache)
+    return launch(one, *_OVERRIDES, "--config.train.total_steps=5", at_start, devices=4,
                   cache_dir=synthetic_cache, mode="train_and_eval")
 
   def two_processes():
@@ -113,6 +118,10 @@ def test_one_device_four_devices_and_two_processes_train_alike(tmp_path, synthet
   assert "resumed from" in _log(two, 0)
   assert (one / "checkpoints" / "3").is_dir() and (two / "checkpoints" / "3").is_dir()
 
+  for workdir, eval_steps in ((single, [0]), (one, [0, 5])):
+    rows = read_metrics(workdir)
+    assert rows[0]["step"] == 0 and "AP" in rows[0], rows[0]  # before the first train row
+    assert [r["step"] for r in rows if "AP" in r] == eval_steps, rows
   # Data parallelism computes the single-device step. atol: BatchNorm biases start at 0 and
   # move by ~1e-8 in 5 steps; their noise from another summation order is ~1e-10.
   train_single = [r for r in read_metrics(single) if "loss" in r]
