@@ -2,8 +2,16 @@
 
 Prints one JSON object of figures. `step` compiles the config's real train step and times
 it on random inputs of the config's shapes; `train` feeds that step from the config's real
-input pipeline, as the trainer does, and says whether the step waited for data; `infer` does the same for the eval forward pass
-(flip test included when the config asks for it); `data` times the input pipeline alone.
+input pipeline, as the trainer does, and says whether the step waited for data; `infer` does
+the same for the eval forward pass (flip test included when the config asks for it); `data`
+times the input pipeline alone.
+
+`step` and `infer` also print what XLA's `memory_analysis` says one device needs (the
+temporaries, arguments and outputs of the compiled program), and with `--compile_only` stop
+there, so a step too big for this host can still be sized for an accelerator. On GPU and
+TPU they print the model FLOPs utilisation: XLA's cost analysis of the per-device program
+(FLOPs per call) over the measured step time, divided by the device's dense bfloat16 peak
+(`PEAK_TFLOPS`, or `--peak_tflops`), the convention of PaLM's and MaxText's MFU.
 """
 
 import functools
@@ -41,6 +49,20 @@ _CONFIG = config_flags.DEFINE_config_file("config", configs.DEFAULT_CONFIG_FILE,
                                           lock_config=True)
 _BATCH = flags.DEFINE_integer("batch", None, "Global batch size (default: the config's).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after compilation and one warm-up.")
+_COMPILE_ONLY = flags.DEFINE_bool(
+    "compile_only", False, "step/infer: compile and report compile time and XLA's memory "
+    "analysis without running (for a step that does not fit this host).")
+_PEAK_TFLOPS = flags.DEFINE_float(
+    "peak_tflops", None, "Peak TFLOP/s of one device, for the MFU (default: PEAK_TFLOPS by "
+    "the device kind; on CPU no MFU is printed).")
+
+# Dense bfloat16 peak TFLOP/s of one JAX device, by `device_kind` (first match wins, so the
+# longer names come first). TPU v2/v3 show each of a chip's two cores as a device.
+PEAK_TFLOPS = (
+    ("TPU v6 lite", 918.0), ("TPU v5 lite", 197.0), ("TPU v5p", 459.0), ("TPU v5", 459.0),
+    ("TPU v4", 275.0), ("TPU v3", 61.5), ("TPU v2", 22.5),
+    ("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0),
+)
 
 
 def _peak_host_memory_mb() -> float:
@@ -60,6 +82,29 @@ def _compile(jitted, *args) -> tuple[Any, float, float | None]:
     cost = None
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return compiled, seconds, (float(cost.get("flops", 0.0)) if cost else None)
+
+
+def peak_tflops(device_kind: str) -> float | None:
+  """The dense bfloat16 peak of a device of this `device_kind`, or None if unknown."""
+  for name, tflops in PEAK_TFLOPS:
+    if name in device_kind:
+      return tflops
+  return None
+
+
+def memory_figures(compiled) -> dict[str, float]:
+  """What XLA's `memory_analysis` says the compiled program needs on one device, in MB
+  (empty where the backend does not say)."""
+  try:
+    analysis = compiled.memory_analysis()
+  except Exception:  # best-effort and backend-dependent, like the cost analysis
+    return {}
+  if analysis is None:
+    return {}
+  fields = dict(temp_mb="temp_size_in_bytes", argument_mb="argument_size_in_bytes",
+                output_mb="output_size_in_bytes", alias_mb="alias_size_in_bytes")
+  return {name: round(getattr(analysis, field) / 2**20, 1) for name, field in fields.items()
+          if hasattr(analysis, field)}
 
 
 def _time(fn, args_fn, steps: int) -> float:
@@ -93,7 +138,8 @@ def _state_and_step(config):
   return mesh, state, train_step
 
 
-def bench_step(config, batch_size: int, steps: int) -> dict:
+def bench_step(config, batch_size: int, steps: int, compile_only: bool = False,
+               peak: float | None = None) -> dict:
   """The config's own train step (its family's: top-down, RLE, bottom-up or integral) on a
   random batch of the pipeline's shapes (`example_batches`)."""
   mesh, state, train_step = _state_and_step(config)
@@ -101,6 +147,8 @@ def bench_step(config, batch_size: int, steps: int) -> dict:
   batch = mesh_lib.put_batch(example_batches.example_batch(kind, config, batch_size), mesh)
   rng = jax.random.key(1)
   compiled, compile_seconds, flops = _compile(train_step, state, batch, rng)
+  if compile_only:
+    return _figures("step", config, batch_size, compile_seconds, None, flops, compiled)
   holder = {"state": state}
 
   def run_step(batch, rng):
@@ -108,10 +156,10 @@ def bench_step(config, batch_size: int, steps: int) -> dict:
     return metrics
 
   seconds = _time(run_step, lambda: (batch, rng), steps)
-  return _figures("step", config, batch_size, compile_seconds, seconds, flops)
+  return _figures("step", config, batch_size, compile_seconds, seconds, flops, compiled, peak)
 
 
-def bench_train(config, batch_size: int, steps: int) -> dict:
+def bench_train(config, batch_size: int, steps: int, peak: float | None = None) -> dict:
   """The trainer's loop without logs or checkpoints: the config's real input pipeline
   (`input.num_workers`, `read_threads`, `prefetch_batches`) feeding its train step, at most
   `train.max_steps_in_flight()` steps in flight. Reports whether the step waited for data:
@@ -137,7 +185,8 @@ def bench_train(config, batch_size: int, steps: int) -> dict:
   jax.block_until_ready(pending[-1])
   seconds = (time.perf_counter() - start) / steps
   waits = meter.take()
-  figures = _figures("train", config, batch_size, compile_seconds, seconds, flops)
+  figures = _figures("train", config, batch_size, compile_seconds, seconds, flops, compiled,
+                     peak)
   figures.update(data_seconds_per_step=round(waits["data_seconds_per_step"], 4),
                  data_late_fraction=round(waits["data_late_fraction"], 3),
                  step_waited_for_data=waits["data_late_fraction"] > 0.05,
@@ -159,7 +208,8 @@ def _predict_fn(kind: str, config, model, flip_index):
   return lambda variables, batch: predict(variables, batch["image"])
 
 
-def bench_infer(config, batch_size: int, steps: int) -> dict:
+def bench_infer(config, batch_size: int, steps: int, compile_only: bool = False,
+                peak: float | None = None) -> dict:
   """The evaluator's forward pass (flip test and multi-scale as the config asks; bottom-up:
   with grouping, on the eval canvas) on random images."""
   mesh = mesh_lib.make_data_mesh()
@@ -184,8 +234,10 @@ def bench_infer(config, batch_size: int, steps: int) -> dict:
     batch = dict(image=rng.integers(0, 256, shape, dtype=np.uint8))
   batch = mesh_lib.put_batch(batch, mesh)
   compiled, compile_seconds, flops = _compile(predict, variables, batch)
+  if compile_only:
+    return _figures("infer", config, batch_size, compile_seconds, None, flops, compiled)
   seconds = _time(compiled, lambda: (variables, batch), steps)
-  return _figures("infer", config, batch_size, compile_seconds, seconds, flops)
+  return _figures("infer", config, batch_size, compile_seconds, seconds, flops, compiled, peak)
 
 
 def bench_data(config, batch_size: int, steps: int) -> dict:
@@ -209,14 +261,27 @@ def bench_data(config, batch_size: int, steps: int) -> dict:
               peak_host_memory_mb=round(_peak_host_memory_mb(), 1))
 
 
-def _figures(kind, config, batch_size, compile_seconds, seconds, flops) -> dict:
+def _figures(kind, config, batch_size, compile_seconds, seconds, flops, compiled,
+             peak: float | None = None) -> dict:
+  """The printed figures; `seconds` None for a compile-only run. `flops` is per device (the
+  cost analysis of the partitioned program); `peak` overrides `PEAK_TFLOPS` for the MFU."""
+  device = jax.devices()[0]
   figures = dict(kind=kind, model=config.model.name, input_hw=list(config.input.size_hw),
-                 batch_size=batch_size, devices=jax.device_count(),
-                 platform=jax.devices()[0].platform, compile_seconds=round(compile_seconds, 3),
-                 seconds_per_step=round(seconds, 4), images_per_second=round(batch_size / seconds, 2),
-                 peak_host_memory_mb=round(_peak_host_memory_mb(), 1))
+                 batch_size=batch_size, devices=jax.device_count(), platform=device.platform,
+                 device_kind=device.device_kind, compile_seconds=round(compile_seconds, 3))
+  if seconds is not None:
+    figures.update(seconds_per_step=round(seconds, 4),
+                   images_per_second=round(batch_size / seconds, 2))
+  figures["peak_host_memory_mb"] = round(_peak_host_memory_mb(), 1)
+  figures.update({f"xla_{name}": mb for name, mb in memory_figures(compiled).items()})
   if flops:
-    figures["tflops_per_second"] = round(flops / seconds / 1e12, 4)
+    figures["gflops_per_step"] = round(flops / 1e9, 2)
+  if flops and seconds is not None:
+    tflops = flops / seconds / 1e12
+    figures["tflops_per_second"] = round(tflops, 4)
+    peak = peak or (peak_tflops(device.device_kind) if device.platform != "cpu" else None)
+    if peak:
+      figures.update(mfu=round(tflops / peak, 4), peak_tflops=peak)
   return figures
 
 
@@ -231,7 +296,15 @@ def main(argv: list[str]) -> None:
     sys.exit(2)
   config = _CONFIG.value
   batch_size = _BATCH.value or config.input.batch_size
-  print(json.dumps(_KINDS[argv[1]](config, batch_size, _STEPS.value)), flush=True)
+  options = {}
+  if argv[1] in ("step", "infer"):
+    options["compile_only"] = _COMPILE_ONLY.value
+  elif _COMPILE_ONLY.value:
+    print(f"--compile_only applies to step and infer, not {argv[1]}", file=sys.stderr)
+    sys.exit(2)
+  if argv[1] != "data":
+    options["peak"] = _PEAK_TFLOPS.value
+  print(json.dumps(_KINDS[argv[1]](config, batch_size, _STEPS.value, **options)), flush=True)
 
 
 if __name__ == "__main__":
