@@ -14,7 +14,10 @@ from jaxpose import train
 from jaxpose.errors import UserError
 from jaxpose.models import dekr
 from jaxpose.models import hourglass
+from jaxpose import models
 from jaxpose.models import hrnet
+from jaxpose.models import hsr_msnet
+from jaxpose.models import sadinet
 from jaxpose.models import simple_baseline
 
 _TINY_HRNET_STAGES = ((1, 2, 1), (1, 3, 1), (1, 4, 1))  # (modules, branches, blocks)
@@ -30,6 +33,10 @@ _MODELS = {
                                       num_keypoints=3), 64),
     "dekr": (functools.partial(dekr.DEKR, width=4, heatmap_channels=4, num_keypoints=3,
                                stages=_TINY_HRNET_STAGES, offset_channels_per_keypoint=4), 64),
+    "sadinet": (functools.partial(sadinet.sadinet_tiny, num_keypoints=3, num_stacks=1), 64),
+    "hsr_msnet": (functools.partial(hsr_msnet.HSRMSNet, stage_sizes=(1, 1, 1, 1, 1),
+                                    num_keypoints=3, multiscale=True, base_width=4,
+                                    num_deconv_filters=(8, 8)), 32),
 }
 
 
@@ -99,11 +106,17 @@ def test_remat_fences_each_block_for_the_compiler(name):
   assert barriers[0] == 0 and barriers[1] > 0, barriers
 
 
-def test_config_switch_reaches_the_model_and_is_refused_where_missing():
+def test_every_pose_model_has_the_switch():
+  # Only the ImageNet classifier (Res2Net, read for its weights) goes without.
+  missing = [name for name in models.MODELS
+             if not models.supports_remat(name) and models.KINDS[name] != "classifier"]
+  assert not missing, missing
+
+
+def test_config_switch_reaches_the_model_and_is_refused_where_missing(monkeypatch):
   config = default.get_config("smoke")
   config.model.remat = True
   assert train.build_model(config).remat
-  config.model.name = "sadinet"
-  config.data.keypoints = "mpii"
-  with pytest.raises(UserError, match="model.remat"):
+  monkeypatch.setattr(models, "supports_remat", lambda name: False)  # a model without it
+  with pytest.raises(UserError, match="model.remat: simplebaseline_r18 has no"):
     train.build_model(config)

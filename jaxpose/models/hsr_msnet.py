@@ -202,6 +202,7 @@ class HSRNet(nn.Module):
   base_width: int = 26
   scale: int = 4
   se_reduction: int = 16
+  remat: bool = False  # recompute each block in the backward pass (`layers.apply_block`)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -224,12 +225,13 @@ class HSRNet(nn.Module):
                              se_reduction=self.se_reduction, dtype=self.dtype, name=name)
         else:
           block = resnet.Bottleneck(planes, stride, dtype=self.dtype, name=name)
-        x = block(x, train=train)
+        x = layers.apply_block(block, x, train=train, remat=self.remat)
       stages.append(x)
     for stage, num_blocks in zip((4, 5), self.stage_sizes[3:]):
       for n in range(num_blocks):
-        x = DetNetBottleneck(_DETNET_PLANES, project_shortcut=n == 0, dtype=self.dtype,
-                             name=f"layer{stage}_{n}")(x, train=train)
+        block = DetNetBottleneck(_DETNET_PLANES, project_shortcut=n == 0, dtype=self.dtype,
+                                 name=f"layer{stage}_{n}")
+        x = layers.apply_block(block, x, train=train, remat=self.remat)
       stages.append(x)
     return x, stages
 
@@ -252,6 +254,7 @@ class HSRMSNet(nn.Module):
   base_width: int = 26
   scale: int = 4
   se_reduction: int = 16
+  remat: bool = False  # the backbone's blocks recomputed in the backward pass
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -261,7 +264,8 @@ class HSRMSNet(nn.Module):
       raise ValueError(f"HSRMSNet needs H and W divisible by 16, got images of shape "
                        f"{images.shape} (NHWC); e.g. 256x192, 384x288, 64x48.")
     features, stages = HSRNet(self.stage_sizes, self.multiscale, self.base_width, self.scale,
-                              self.se_reduction, self.dtype, name="backbone")(images, train=train)
+                              self.se_reduction, self.remat, self.dtype,
+                              name="backbone")(images, train=train)
     heatmaps = simple_baseline.deconv_head(features, self.num_deconv_filters,
                                            self.deconv_kernel, self.num_keypoints, train=train,
                                            dtype=self.dtype)

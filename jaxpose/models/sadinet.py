@@ -157,6 +157,7 @@ class RFMStackedHourglass(nn.Module):
   num_keypoints: int
   width: int
   unit: Callable[..., nn.Module]
+  remat: bool = False  # recompute each stack's hourglass in the backward pass
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -171,8 +172,8 @@ class RFMStackedHourglass(nn.Module):
     x = unit(self.width, name="pre4_residual")(x, train=train)
     stack_heatmaps = []
     for s in range(self.num_stacks):
-      y, levels = RFMHourglass(_HOURGLASS_DEPTH, self.unit, self.dtype,
-                               name=f"hourglass{s}")(x, train=train)
+      hourglass_s = RFMHourglass(_HOURGLASS_DEPTH, self.unit, self.dtype, name=f"hourglass{s}")
+      y, levels = layers.apply_block(hourglass_s, x, train=train, remat=self.remat)
       y = unit(self.width, name=f"features{s}_residual")(y, train=train)
       features = block(self.width, bn=True, name=f"features{s}_conv")(y, train=train)
       heatmaps = block(self.num_keypoints, relu=False, name=f"outs{s}")(features, train=train)
@@ -294,6 +295,7 @@ class SADINet(nn.Module):
   # "rfm": the paper's RFM units; "bottleneck": the official hourglass's pre-activation
   # bottleneck `Residual` in their place, Table IV's "Hourglass + SFM-DLM" row.
   residual_unit: str = "rfm"
+  remat: bool = False  # each stack's hourglass recomputed in the backward pass
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -315,7 +317,8 @@ class SADINet(nn.Module):
     else:
       raise ValueError(f"residual_unit must be 'rfm' or 'bottleneck', got {self.residual_unit!r}")
     heatmaps, levels = RFMStackedHourglass(self.num_stacks, self.num_keypoints, self.width, unit,
-                                           self.dtype, name="backbone")(images, train=train)
+                                           self.remat, self.dtype, name="backbone")(
+                                               images, train=train)
     fused, sfm_weights = SpatialFusion(self.sfm_channels, self.attention_channels, self.dtype,
                                        name="sfm")(levels, train=train)
     feature = ClassificationHead(self.head_planes, self.feature_dim, self.dtype,
