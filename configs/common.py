@@ -279,7 +279,7 @@ def schema(kind: str = "topdown") -> dict:
           synthetic=dict(num_train_images=int, num_val_images=int, image_size=int, seed=int,
                          cache_dir=str)),
       input=dict(size_hw=tuple[int, int], batch_size=int, num_workers=int, read_threads=int,
-                 prefetch_batches=int),
+                 prefetch_batches=int, device_prefetch=MayBeAbsent(int)),
       optim=_types_of(adam_step_schedule(base_lr=1.0, base_batch_size=1)),
       train=_types_of(train_loop(log_every_steps=1, checkpoint_every_steps=1)),
   )

@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_workers=0,  # grain worker processes; 0 = read in threads of this process
       read_threads=2,
       prefetch_batches=2,
+      device_prefetch=2,  # global batches put on the devices ahead of the step
   )
   # Synthetic figures already carry +-30 deg rotation and a 60-220 px height range.
   c.augment = common.topdown_augmentation(

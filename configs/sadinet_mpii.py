@@ -116,6 +116,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_workers=0 if synthetic else 8,
       read_threads=2,
       prefetch_batches=2,
+      device_prefetch=2,  # global batches put on the devices ahead of the step
   )
   if synthetic:
     # The generator already rotates (+-30 deg) and scales its figures; a 10-minute run

@@ -98,6 +98,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_workers=0 if synthetic else 8,
       read_threads=2,
       prefetch_batches=2,
+      device_prefetch=2,  # global batches put on the devices ahead of the step
   )
   c.augment = common.bottomup_augmentation()
   # DEKR's CrowdPose centre heatmap is drawn with SIGMA (its generator tests idx < 17).

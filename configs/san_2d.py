@@ -86,6 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_workers=0 if synthetic else 8,
       read_threads=2,
       prefetch_batches=2,
+      device_prefetch=2,  # global batches put on the devices ahead of the step
   )
   if arg.synthetic:  # the synthetic figures are already rotated and scaled (configs/default.py)
     c.augment = common.topdown_augmentation(scale_factor=0.15, rotation_factor=10.0,

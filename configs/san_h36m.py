@@ -92,7 +92,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if synthetic:
     size_hw = (32, 32) if arg.smoke else (64, 64)
   c.input = dict(size_hw=size_hw, batch_size=4 if arg.smoke else 32,
-                 num_workers=0 if synthetic else 8, read_threads=2, prefetch_batches=2)
+                 num_workers=0 if synthetic else 8, read_threads=2, prefetch_batches=2,
+                 device_prefetch=2)
   # The synthetic frames already vary scale and pose; lighter augmentation for a short run.
   c.augment = (common.integral_augmentation(scale_factor=0.15, rotation_factor=10.0)
                if arg.synthetic else common.integral_augmentation())

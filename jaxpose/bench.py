@@ -31,6 +31,7 @@ from ml_collections import config_flags
 
 import configs
 from jaxpose import bottomup_step
+from jaxpose import device_prefetch
 from jaxpose import example_batches
 from jaxpose import families
 from jaxpose import host_memory
@@ -161,7 +162,8 @@ def bench_step(config, batch_size: int, steps: int, compile_only: bool = False,
 
 def bench_train(config, batch_size: int, steps: int, peak: float | None = None) -> dict:
   """The trainer's loop without logs or checkpoints: the config's real input pipeline
-  (`input.num_workers`, `read_threads`, `prefetch_batches`) feeding its train step, at most
+  (`input.num_workers`, `read_threads`, `prefetch_batches`, `device_prefetch`) feeding its
+  train step, at most
   `train.max_steps_in_flight()` steps in flight. Reports whether the step waited for data:
   `data_late_fraction` is the share of steps whose batch arrived after the step before had
   finished (`train.DataWaitMeter`); `step_waited_for_data` is true when that share is
@@ -169,16 +171,18 @@ def bench_train(config, batch_size: int, steps: int, peak: float | None = None) 
   mesh, state, train_step = _state_and_step(config)
   family = families.for_config(config)
   source = family.open_split(config, config.data.train_split)
-  iterator = iter(family.train_dataset(config, source, batch_size // jax.process_count()))
+  iterator = device_prefetch.DevicePrefetch(
+      iter(family.train_dataset(config, source, batch_size // jax.process_count())), mesh,
+      config.input.get("device_prefetch", device_prefetch.DEFAULT_DEPTH))
   rng = jax.random.key(1)
-  first = mesh_lib.put_batch(next(iterator), mesh)
+  first = next(iterator)
   compiled, compile_seconds, flops = _compile(train_step, state, first, rng)
   state, metrics = compiled(state, first, rng)  # warm-up, and the workers fill their queues
   jax.block_until_ready(metrics)
   pending, meter = [], train.DataWaitMeter()
   start = time.perf_counter()
   for _ in range(steps):
-    batch = meter.next_batch(iterator, mesh, pending)
+    batch = meter.next_batch(iterator, pending)
     train.wait_for_steps_in_flight(pending)
     state, metrics = compiled(state, batch, rng)
     pending.append(metrics)

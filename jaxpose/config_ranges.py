@@ -41,6 +41,7 @@ RANGES = {
     "input.num_workers": NON_NEGATIVE,
     "input.read_threads": AT_LEAST_1,
     "input.prefetch_batches": NON_NEGATIVE,
+    "input.device_prefetch": NON_NEGATIVE,
     "augment.scale_factor": NON_NEGATIVE,
     "augment.rotation_factor": NON_NEGATIVE,
     "augment.rotation_prob": PROBABILITY,

@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxpose import checkpoint as checkpoint_lib
 from jaxpose import config_check
+from jaxpose import device_prefetch
 from jaxpose import families
 from jaxpose import mesh as mesh_lib
 from jaxpose import metrics_log
@@ -116,8 +117,11 @@ def train(config, workdir: Path, model, mesh, checkpointer, log, evaluate=None
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       jax.eval_shape(init_fn, init_rng))
 
-  data_iterator = iter(family.train_dataset(
-      config, source, global_batch_size // jax.process_count()))
+  # Batches go onto the mesh `input.device_prefetch` steps ahead; checkpoints record the
+  # position of the next batch a step reads, not of the read-ahead (`device_prefetch`).
+  data_iterator = device_prefetch.DevicePrefetch(
+      iter(family.train_dataset(config, source, global_batch_size // jax.process_count())),
+      mesh, config.input.get("device_prefetch", device_prefetch.DEFAULT_DEPTH))
   latest = checkpointer.latest_step()
   if latest is not None:
     state = checkpointer.restore(latest, abstract_state, data_iterator)
@@ -143,7 +147,7 @@ def train(config, workdir: Path, model, mesh, checkpointer, log, evaluate=None
       out_shardings=(replicated, replicated), donate_argnums=0)
   progress = _Progress(total_steps, start_step, schedule, dataset_counts)
   with preemption.StopRequest() as stop:
-    state = _train_loop(config, train_step, state, data_iterator, mesh, step_rng, start_step,
+    state = _train_loop(config, train_step, state, data_iterator, step_rng, start_step,
                         total_steps, progress, checkpointer, log, stop, evaluate)
   checkpointer.wait()
   return state
@@ -176,7 +180,7 @@ def wait_for_steps_in_flight(pending: list, limit: int | None = None) -> None:
 
 
 class DataWaitMeter:
-  """Times the loop's wait for each batch (read, then put on the mesh) and counts the steps
+  """Times the loop's wait for each batch (read and put on the mesh) and counts the steps
   whose batch came too late: the step before had already finished (`is_ready`), so the
   device sat idle waiting for data. A step after a log step is not counted (the log step's
   fetch drained the queue on purpose)."""
@@ -184,9 +188,10 @@ class DataWaitMeter:
   def __init__(self):
     self.seconds, self.steps, self.late_batches = 0.0, 0, 0
 
-  def next_batch(self, data_iterator, mesh, pending: list) -> dict[str, jax.Array]:
+  def next_batch(self, data_iterator, pending: list) -> dict[str, jax.Array]:
+    """The next batch of `data_iterator` (global batches on the mesh: `DevicePrefetch`)."""
     start = time.perf_counter()
-    batch = mesh_lib.put_batch(next(data_iterator), mesh)
+    batch = next(data_iterator)
     self.seconds += time.perf_counter() - start
     self.steps += 1
     if pending and all(leaf.is_ready() for leaf in jax.tree.leaves(pending[-1])):
@@ -203,7 +208,7 @@ class DataWaitMeter:
     return figures
 
 
-def _train_loop(config, train_step, state, data_iterator, mesh, step_rng, start_step: int,
+def _train_loop(config, train_step, state, data_iterator, step_rng, start_step: int,
                 total_steps: int, progress, checkpointer, log, stop, evaluate
                 ) -> step_lib.TrainState:
   # Rows past the restored step, or any row for a new run (a run killed before its first
@@ -216,7 +221,7 @@ def _train_loop(config, train_step, state, data_iterator, mesh, step_rng, start_
   unlogged: list[dict] = []  # fetched metrics of steps since the last row
   data_wait = DataWaitMeter()
   for step in range(start_step + 1, total_steps + 1):
-    batch = data_wait.next_batch(data_iterator, mesh, pending)
+    batch = data_wait.next_batch(data_iterator, pending)
     wait_for_steps_in_flight(pending)
     state, metrics = train_step(state, batch, step_rng)
     pending.append(metrics)

@@ -102,10 +102,16 @@ def test_one_device_four_devices_and_two_processes_train_alike(tmp_path, synthet
     return launch(one, *_OVERRIDES, "--config.train.total_steps=5", at_start, devices=4,
                   cache_dir=synthetic_cache, mode="train_and_eval")
 
+  # The two-process run puts each batch on the devices when the step asks for it; the others
+  # read two ahead (the default): the same global batches, resumed at the same step, say
+  # that read-ahead moves no checkpointed data position.
+  no_read_ahead = "--config.input.device_prefetch=0"
+
   def two_processes():
-    _run_processes(two, *_OVERRIDES, "--config.train.total_steps=3", cache_dir=synthetic_cache)
-    _run_processes(two, *_OVERRIDES, "--config.train.total_steps=5", cache_dir=synthetic_cache,
-                   mode="train_and_eval")
+    _run_processes(two, *_OVERRIDES, "--config.train.total_steps=3", no_read_ahead,
+                   cache_dir=synthetic_cache)
+    _run_processes(two, *_OVERRIDES, "--config.train.total_steps=5", no_read_ahead,
+                   cache_dir=synthetic_cache, mode="train_and_eval")
 
   # The three are independent (own workdirs, own programs): run side by side, since start-up
   # and compiling are mostly single-threaded and the machine has more than one core.
