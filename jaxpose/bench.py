@@ -163,11 +163,10 @@ def bench_step(config, batch_size: int, steps: int, compile_only: bool = False,
 def bench_train(config, batch_size: int, steps: int, peak: float | None = None) -> dict:
   """The trainer's loop without logs or checkpoints: the config's real input pipeline
   (`input.num_workers`, `read_threads`, `prefetch_batches`, `device_prefetch`) feeding its
-  train step, at most
-  `train.max_steps_in_flight()` steps in flight. Reports whether the step waited for data:
-  `data_late_fraction` is the share of steps whose batch arrived after the step before had
-  finished (`train.DataWaitMeter`); `step_waited_for_data` is true when that share is
-  over 5 %."""
+  train step, at most `train.max_steps_in_flight()` steps in flight. Reports whether the
+  step waited for data: `data_late_fraction` is the share of steps whose batch arrived after
+  the step before had finished (`train.DataWaitMeter`); `step_waited_for_data` is true when
+  that share is over 5 %."""
   mesh, state, train_step = _state_and_step(config)
   family = families.for_config(config)
   source = family.open_split(config, config.data.train_split)

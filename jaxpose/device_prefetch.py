@@ -1,5 +1,5 @@
 """Batches put on the mesh ahead of the step that consumes them, with a checkpointable
-position (#8 part 4).
+position.
 
 `DevicePrefetch(host_iterator, mesh, depth)` yields global batches as `jax.Array`s laid out
 along the mesh's data axis (`mesh.put_batch`). It keeps `depth` of them in flight beyond
