@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,3 +69,13 @@ def pytest_xdist_auto_num_workers(config) -> int:
 def synthetic_cache(tmp_path_factory) -> Path:
   """One synthetic-data cache shared by every launch in the session."""
   return tmp_path_factory.mktemp("synthetic_cache")
+
+
+@pytest.fixture(scope="module")
+def fast_compiles():
+  """Compiles with most XLA optimisations off, for tests whose compile dominates: they change
+  values only by float rounding, and neither argument sizes nor program structure."""
+  previous = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)

@@ -32,17 +32,7 @@ def test_mfu_is_achieved_over_peak_flops():
   assert "seconds_per_step" not in compile_only and "mfu" not in compile_only
 
 
-@pytest.fixture
-def fast_compiles():
-  """XLA's optimisations cost most of the compile and change neither the argument sizes
-  checked here nor that there are temporaries."""
-  previous = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
-
-
-def test_compile_only_step_reports_what_the_state_and_batch_need(fast_compiles):  # pylint: disable=redefined-outer-name,unused-argument
+def test_compile_only_step_reports_what_the_state_and_batch_need(fast_compiles):  # pylint: disable=unused-argument
   config = default_config.get_config("smoke")
   figures = bench.bench_step(config, batch_size=2, steps=0, compile_only=True)
   assert "seconds_per_step" not in figures and figures["compile_seconds"] > 0

@@ -86,16 +86,6 @@ def test_train_batches(config, source):
 
 
 @pytest.fixture(scope="module")
-def fast_compiles():
-  """Compiling the step dominates these tests; XLA's optimisations do not change results
-  beyond float rounding and cost most of the compile time."""
-  previous = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
-
-
-@pytest.fixture(scope="module")
 def compiled(config, model, fast_compiles):
   """(initial state, jitted train step) with Adam, shared by the step tests."""
   tx = optax.adam(1e-2)
