@@ -1,10 +1,11 @@
-"""`python -m jaxpose.bench {step,train,infer,data} --config CONFIG [--batch N] [--steps N]`.
+"""`python -m jaxpose.bench {step,train,infer,data,profile} --config CONFIG [--batch N] [--steps N]`.
 
 Prints one JSON object of figures. `step` compiles the config's real train step and times
 it on random inputs of the config's shapes; `train` feeds that step from the config's real
 input pipeline, as the trainer does, and says whether the step waited for data; `infer` does
 the same for the eval forward pass (flip test included when the config asks for it); `data`
-times the input pipeline alone.
+times the input pipeline alone; `profile` traces the train step with `jax.profiler` and
+prints where its time goes, XLA op by op.
 
 `step` and `infer` also print what XLA's `memory_analysis` says one device needs (the
 temporaries, arguments and outputs of the compiled program), and with `--compile_only` stop
@@ -14,9 +15,13 @@ TPU they print the model FLOPs utilisation: XLA's cost analysis of the per-devic
 (`PEAK_TFLOPS`, or `--peak_tflops`), the convention of PaLM's and MaxText's MFU.
 """
 
+import collections
 import functools
+import glob
+import gzip
 import json
 import os
+import re
 import resource
 import sys
 import time
@@ -53,6 +58,10 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after compilation and on
 _COMPILE_ONLY = flags.DEFINE_bool(
     "compile_only", False, "step/infer: compile and report compile time and XLA's memory "
     "analysis without running (for a step that does not fit this host).")
+_PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir", None, "profile: where to write the trace (TensorBoard's profile plugin or "
+    "ui.perfetto.dev read it); default a new folder under /tmp.")
+_TOP = flags.DEFINE_integer("top", 25, "profile: how many of the slowest ops to print.")
 _PEAK_TFLOPS = flags.DEFINE_float(
     "peak_tflops", None, "Peak TFLOP/s of one device, for the MFU (default: PEAK_TFLOPS by "
     "the device kind; on CPU no MFU is printed).")
@@ -288,7 +297,72 @@ def _figures(kind, config, batch_size, compile_seconds, seconds, flops, compiled
   return figures
 
 
-_KINDS = {"step": bench_step, "train": bench_train, "infer": bench_infer, "data": bench_data}
+def hlo_instruction_names(hlo_text: str) -> set[str]:
+  """The names of the instructions of an HLO module's text (`%name = ...`)."""
+  return set(re.findall(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=", hlo_text, re.MULTILINE))
+
+
+def op_times(trace_events: list[dict], instruction_names: set[str], steps: int
+             ) -> tuple[list[dict], dict[str, float]]:
+  """Per-step milliseconds of each XLA op in a Chrome/Perfetto trace, slowest first, and the
+  same summed by kind (the op name without its `.N` suffix, e.g. `copy_bitcast_fusion`).
+  Only complete events (`ph` "X") named after an instruction of the program count, so the
+  runtime's own spans (executors, thread-pool waits, Python) are left out. On a CPU the
+  ops of one step overlap in time, so the sum can exceed the step's wall time."""
+  seconds, calls = collections.Counter(), collections.Counter()
+  for event in trace_events:
+    if event.get("ph") == "X" and event.get("name") in instruction_names:
+      seconds[event["name"]] += event.get("dur", 0) / 1e6
+      calls[event["name"]] += 1
+  ops = [dict(op=name, kind=re.sub(r"\.\d+$", "", name),
+              ms_per_step=round(1e3 * total / steps, 3), calls_per_step=calls[name] / steps)
+         for name, total in seconds.most_common()]
+  kinds = collections.Counter()
+  for op in ops:
+    kinds[op["kind"]] += op["ms_per_step"]
+  return ops, {kind: round(ms, 3) for kind, ms in kinds.most_common()}
+
+
+def bench_profile(config, batch_size: int, steps: int, profile_dir: str | None = None,
+                  top: int = 25) -> dict:
+  """`steps` train steps of the config (as `step`: random batch, one in flight) traced by
+  `jax.profiler`: the trace goes to `profile_dir`; printed are the wall time per traced
+  step, the `top` slowest ops of the compiled program and the time by op kind. The op
+  named in `ops` can be looked up in the program's HLO, written beside the trace."""
+  mesh, state, train_step = _state_and_step(config)
+  batch = mesh_lib.put_batch(
+      example_batches.example_batch(families.kind_of(config), config, batch_size), mesh)
+  rng = jax.random.key(1)
+  compiled, compile_seconds, flops = _compile(train_step, state, batch, rng)
+  state, metrics = compiled(state, batch, rng)  # warm-up, outside the trace
+  jax.block_until_ready(metrics)
+  profile_dir = profile_dir or os.path.join("/tmp", f"jaxpose_profile_{os.getpid()}")
+  os.makedirs(profile_dir, exist_ok=True)
+  hlo_text = compiled.as_text()
+  with open(os.path.join(profile_dir, "train_step.hlo.txt"), "w", encoding="utf-8") as f:
+    f.write(hlo_text)
+  start = time.perf_counter()
+  with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+    for _ in range(steps):
+      state, metrics = compiled(state, batch, rng)
+      jax.block_until_ready(metrics)
+  seconds = (time.perf_counter() - start) / steps
+  trace_files = sorted(glob.glob(os.path.join(profile_dir, "**", "perfetto_trace.json.gz"),
+                                 recursive=True), key=os.path.getmtime)
+  if not trace_files:
+    raise RuntimeError(f"jax.profiler wrote no perfetto_trace.json.gz under {profile_dir}")
+  with gzip.open(trace_files[-1], "rt", encoding="utf-8") as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  ops, kinds = op_times(events, hlo_instruction_names(hlo_text), steps)
+  figures = _figures("profile", config, batch_size, compile_seconds, seconds, flops, compiled)
+  figures.update(profile_dir=profile_dir, trace=trace_files[-1],
+                 ms_per_step_by_kind=kinds, slowest_ops=ops[:top])
+  return figures
+
+
+_KINDS = {"step": bench_step, "train": bench_train, "infer": bench_infer, "data": bench_data,
+          "profile": bench_profile}
 
 
 def main(argv: list[str]) -> None:
@@ -305,7 +379,9 @@ def main(argv: list[str]) -> None:
   elif _COMPILE_ONLY.value:
     print(f"--compile_only applies to step and infer, not {argv[1]}", file=sys.stderr)
     sys.exit(2)
-  if argv[1] != "data":
+  if argv[1] == "profile":
+    options.update(profile_dir=_PROFILE_DIR.value, top=_TOP.value)
+  elif argv[1] != "data":
     options["peak"] = _PEAK_TFLOPS.value
   print(json.dumps(_KINDS[argv[1]](config, batch_size, _STEPS.value, **options)), flush=True)
 

@@ -45,3 +45,37 @@ def test_compile_only_step_reports_what_the_state_and_batch_need(fast_compiles):
                                                 train=False))
   param_mb = sum(np.prod(x.shape) * 4 for x in jax.tree.leaves(variables["params"])) / 2**20
   assert 3 * param_mb <= figures["xla_argument_mb"] < 3 * param_mb + 20, (param_mb, figures)
+
+
+def test_op_times_sum_each_instructions_spans_per_step():
+  hlo = ("HloModule jit_step\n\nENTRY %main.1 (p0: f32[4]) -> f32[4] {\n"
+         "  %p0 = f32[4]{0} parameter(0)\n"
+         "  %copy_bitcast_fusion.54 = f32[4]{0} fusion(%p0), kind=kLoop\n"
+         "  %ynn_fusion.3 = f32[4]{0} fusion(%copy_bitcast_fusion.54), kind=kCustom\n"
+         "  ROOT %copy_bitcast_fusion.7 = f32[4]{0} fusion(%ynn_fusion.3), kind=kLoop\n}\n")
+  names = bench.hlo_instruction_names(hlo)
+  assert names == {"p0", "copy_bitcast_fusion.54", "ynn_fusion.3", "copy_bitcast_fusion.7"}
+  events = [  # durations in microseconds, two traced steps
+      dict(ph="X", name="ynn_fusion.3", dur=3000), dict(ph="X", name="ynn_fusion.3", dur=1000),
+      dict(ph="X", name="copy_bitcast_fusion.54", dur=500),
+      dict(ph="X", name="copy_bitcast_fusion.54", dur=700),
+      dict(ph="X", name="copy_bitcast_fusion.7", dur=200),
+      dict(ph="X", name="ThunkExecutor::Execute", dur=9000),  # runtime span: not an op
+      dict(ph="i", name="ynn_fusion.3", dur=5000)]  # not a complete event
+  ops, kinds = bench.op_times(events, names, steps=2)
+  assert [op["op"] for op in ops] == ["ynn_fusion.3", "copy_bitcast_fusion.54",
+                                      "copy_bitcast_fusion.7"]
+  assert ops[0] == dict(op="ynn_fusion.3", kind="ynn_fusion", ms_per_step=2.0, calls_per_step=1.0)
+  assert ops[1]["ms_per_step"] == pytest.approx(0.6)
+  assert kinds == {"ynn_fusion": 2.0, "copy_bitcast_fusion": pytest.approx(0.7)}
+
+
+def test_profile_names_ops_of_the_compiled_step(fast_compiles, tmp_path):  # pylint: disable=unused-argument
+  config = default_config.get_config("smoke")
+  figures = bench.bench_profile(config, batch_size=2, steps=1, profile_dir=str(tmp_path), top=5)
+  assert figures["seconds_per_step"] > 0 and len(figures["slowest_ops"]) == 5
+  hlo = (tmp_path / "train_step.hlo.txt").read_text()
+  for op in figures["slowest_ops"]:
+    assert f"%{op['op']} = " in hlo, op
+  assert sum(figures["ms_per_step_by_kind"].values()) > 0
+  assert figures["trace"].endswith("perfetto_trace.json.gz")
