@@ -88,6 +88,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   name, loss, options = _VARIANTS[arg.variant]
   c = ml_collections.ConfigDict()
   c.seed = 0
+  if name == "sadinet":  # stacks 1..S-1 as one nn.scan (compile time); False: one module each
+    options = {**options, "scan_stacks": True}
   c.model = dict(name=name, dtype="float32", remat=False,
                  options={**_model_options(name, arg.smoke, arg.synthetic), **options},
                  **common.pretrained_init())
