@@ -10,9 +10,11 @@ prints where its time goes, XLA op by op.
 `step` and `infer` also print what XLA's `memory_analysis` says one device needs (the
 temporaries, arguments and outputs of the compiled program), and with `--compile_only` stop
 there, so a step too big for this host can still be sized for an accelerator. On GPU and
-TPU they print the model FLOPs utilisation: XLA's cost analysis of the per-device program
-(FLOPs per call) over the measured step time, divided by the device's dense bfloat16 peak
+TPU they print the model FLOPs utilisation: the matmul and convolution FLOPs of the traced
+program per device (`model_gflops_per_step`, `jaxpose.model_flops`: loops counted per
+iteration) over the measured step time, divided by the device's dense bfloat16 peak
 (`PEAK_TFLOPS`, or `--peak_tflops`), the convention of PaLM's and MaxText's MFU.
+`gflops_per_step` is XLA's own cost analysis, which counts a loop body once.
 """
 
 import collections
@@ -25,7 +27,7 @@ import re
 import resource
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +44,7 @@ from jaxpose import families
 from jaxpose import host_memory
 from jaxpose import integral_step
 from jaxpose import mesh as mesh_lib
+from jaxpose import model_flops
 from jaxpose import optim
 from jaxpose import step as step_lib
 from jaxpose import train
@@ -79,19 +82,30 @@ def _peak_host_memory_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _compile(jitted, *args) -> tuple[Any, float, float | None]:
-  """(the compiled executable, seconds to trace, lower and compile it, its FLOPs per call
-  from XLA's cost analysis or None). Timed here, not at the first call: the executable is
-  what the timed calls run, so nothing compiles twice or hides in the first step."""
+class Flops(NamedTuple):
+  """FLOPs per call on one device: `model`, the matmuls and convolutions of the traced
+  program with every loop iteration counted (`model_flops`, what the MFU divides); `xla`,
+  XLA's cost analysis of the compiled program (element-wise ops included, a loop body
+  counted once) or None."""
+  model: float
+  xla: float | None
+
+
+def _compile(jitted, *args) -> tuple[Any, float, Flops]:
+  """(the compiled executable, seconds to trace, lower and compile it, its FLOPs per call).
+  Timed here, not at the first call: the executable is what the timed calls run, so
+  nothing compiles twice or hides in the first step."""
   start = time.perf_counter()
-  compiled = jitted.lower(*args).compile()
+  traced = jitted.trace(*args)
+  compiled = traced.lower().compile()
   seconds = time.perf_counter() - start
   try:
     cost = compiled.cost_analysis()
   except Exception:  # cost analysis is best-effort and backend-dependent
     cost = None
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return compiled, seconds, (float(cost.get("flops", 0.0)) if cost else None)
+  xla = float(cost.get("flops", 0.0)) if cost else None
+  return compiled, seconds, Flops(model_flops.per_device(traced, jax.device_count()), xla)
 
 
 def peak_tflops(device_kind: str) -> float | None:
@@ -273,10 +287,10 @@ def bench_data(config, batch_size: int, steps: int) -> dict:
               peak_host_memory_mb=round(_peak_host_memory_mb(), 1))
 
 
-def _figures(kind, config, batch_size, compile_seconds, seconds, flops, compiled,
+def _figures(kind, config, batch_size, compile_seconds, seconds, flops: Flops, compiled,
              peak: float | None = None) -> dict:
-  """The printed figures; `seconds` None for a compile-only run. `flops` is per device (the
-  cost analysis of the partitioned program); `peak` overrides `PEAK_TFLOPS` for the MFU."""
+  """The printed figures; `seconds` None for a compile-only run. `flops` per device;
+  `peak` overrides `PEAK_TFLOPS` for the MFU, which is of the model FLOPs."""
   device = jax.devices()[0]
   figures = dict(kind=kind, model=config.model.name, input_hw=list(config.input.size_hw),
                  batch_size=batch_size, devices=jax.device_count(), platform=device.platform,
@@ -286,10 +300,11 @@ def _figures(kind, config, batch_size, compile_seconds, seconds, flops, compiled
                    images_per_second=round(batch_size / seconds, 2))
   figures["peak_host_memory_mb"] = round(_peak_host_memory_mb(), 1)
   figures.update({f"xla_{name}": mb for name, mb in memory_figures(compiled).items()})
-  if flops:
-    figures["gflops_per_step"] = round(flops / 1e9, 2)
-  if flops and seconds is not None:
-    tflops = flops / seconds / 1e12
+  if flops.xla:
+    figures["gflops_per_step"] = round(flops.xla / 1e9, 2)
+  figures["model_gflops_per_step"] = round(flops.model / 1e9, 2)
+  if flops.model and seconds is not None:
+    tflops = flops.model / seconds / 1e12
     figures["tflops_per_second"] = round(tflops, 4)
     peak = peak or (peak_tflops(device.device_kind) if device.platform != "cpu" else None)
     if peak:

@@ -22,13 +22,15 @@ def test_peak_table_picks_the_longest_matching_name(device_kind, tflops):
 def test_mfu_is_achieved_over_peak_flops():
   config = default_config.get_config("smoke")
   # 3e12 FLOPs per step in 1.5 s = 2 TFLOP/s; against a 4 TFLOP/s peak, an MFU of 0.5.
-  figures = bench._figures("step", config, 8, 1.0, 1.5, 3e12, None, peak=4.0)  # pylint: disable=protected-access
+  flops = bench.Flops(model=3e12, xla=3.5e12)
+  figures = bench._figures("step", config, 8, 1.0, 1.5, flops, None, peak=4.0)  # pylint: disable=protected-access
   assert figures["tflops_per_second"] == pytest.approx(2.0)
   assert figures["mfu"] == pytest.approx(0.5)
   assert figures["images_per_second"] == pytest.approx(8 / 1.5, abs=0.01)
   # On CPU no MFU unless a peak is given; a compile-only run has no step time.
-  assert "mfu" not in bench._figures("step", config, 8, 1.0, 1.5, 3e12, None)  # pylint: disable=protected-access
-  compile_only = bench._figures("step", config, 8, 1.0, None, 3e12, None, peak=4.0)  # pylint: disable=protected-access
+  assert figures["model_gflops_per_step"] == 3000 and figures["gflops_per_step"] == 3500
+  assert "mfu" not in bench._figures("step", config, 8, 1.0, 1.5, flops, None)  # pylint: disable=protected-access
+  compile_only = bench._figures("step", config, 8, 1.0, None, flops, None, peak=4.0)  # pylint: disable=protected-access
   assert "seconds_per_step" not in compile_only and "mfu" not in compile_only
 
 
