@@ -11,7 +11,7 @@ prints where its time goes, XLA op by op.
 temporaries, arguments and outputs of the compiled program), and with `--compile_only` stop
 there, so a step too big for this host can still be sized for an accelerator. On GPU and
 TPU they print the model FLOPs utilisation: the matmul and convolution FLOPs of the traced
-program per device (`model_gflops_per_step`, `jaxpose.model_flops`: loops counted per
+program per device (`model_gflops_per_step`, `jaxpose.macs`: loops counted per
 iteration) over the measured step time, divided by the device's dense bfloat16 peak
 (`PEAK_TFLOPS`, or `--peak_tflops`), the convention of PaLM's and MaxText's MFU.
 `gflops_per_step` is XLA's own cost analysis, which counts a loop body once.
@@ -42,9 +42,9 @@ from jaxpose import device_prefetch
 from jaxpose import example_batches
 from jaxpose import families
 from jaxpose import host_memory
+from jaxpose import macs
 from jaxpose import integral_step
 from jaxpose import mesh as mesh_lib
-from jaxpose import model_flops
 from jaxpose import optim
 from jaxpose import step as step_lib
 from jaxpose import train
@@ -84,7 +84,8 @@ def _peak_host_memory_mb() -> float:
 
 class Flops(NamedTuple):
   """FLOPs per call on one device: `model`, the matmuls and convolutions of the traced
-  program with every loop iteration counted (`model_flops`, what the MFU divides); `xla`,
+  program with every loop iteration counted (2 x `macs.jaxpr_macs`: the backward
+  pass is in the traced step; what the MFU divides); `xla`,
   XLA's cost analysis of the compiled program (element-wise ops included, a loop body
   counted once) or None."""
   model: float
@@ -105,7 +106,9 @@ def _compile(jitted, *args) -> tuple[Any, float, Flops]:
     cost = None
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   xla = float(cost.get("flops", 0.0)) if cost else None
-  return compiled, seconds, Flops(model_flops.per_device(traced, jax.device_count()), xla)
+  # The jaxpr is the global program; data parallelism splits it evenly over the devices.
+  model = 2 * macs.jaxpr_macs(traced.jaxpr) / jax.device_count()
+  return compiled, seconds, Flops(model, xla)
 
 
 def peak_tflops(device_kind: str) -> float | None:

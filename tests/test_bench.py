@@ -1,12 +1,18 @@
 """`jaxpose.bench`'s figures: the MFU arithmetic, the peak table, and a compile-only step
 whose XLA memory figures are checked against an independent count of the train state."""
 
+import functools
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import default as default_config
 from jaxpose import bench
+from jaxpose import macs
+from jaxpose.models import fast_grad
+from jaxpose.models import sadinet
 
 
 @pytest.mark.parametrize("device_kind, tflops", [
@@ -81,3 +87,26 @@ def test_profile_names_ops_of_the_compiled_step(fast_compiles, tmp_path):  # pyl
     assert f"%{op['op']} = " in hlo, op
   assert sum(figures["ms_per_step_by_kind"].values()) > 0
   assert figures["trace"].endswith("perfetto_trace.json.gz")
+
+
+def test_model_flops_count_the_backward_pass_of_fast_grad():
+  # Forward conv, weight gradient (patches^T @ dy), input gradient (flipped-kernel conv):
+  # each B * H * W * O * 3 * 3 * C multiply-adds, counted by hand.
+  x, kernel = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 5))
+  loss = lambda k, x: fast_grad.conv2d(x, k, 1, ((1, 1), (1, 1)), 1).sum()
+  forward = (2 * 8 * 8 * 5) * (3 * 3 * 4)
+  assert macs.jaxpr_macs(jax.make_jaxpr(loss)(kernel, x)) == forward
+  assert macs.jaxpr_macs(jax.make_jaxpr(jax.value_and_grad(loss))(kernel, x)) == 3 * forward
+
+
+def test_model_flops_of_scanned_stacks_equal_the_unrolled_ones():
+  # XLA's cost analysis counts a loop body once; the MFU's model FLOPs count every stack.
+  images = np.zeros((1, 64, 64, 3), np.float32)
+  counts = []
+  for scan in (True, False):
+    model = sadinet.sadinet_tiny(num_keypoints=4, num_stacks=3, scan_stacks=scan)
+    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
+                               images)
+    forward = jax.make_jaxpr(functools.partial(model.apply, train=False))(variables, images)
+    counts.append(macs.jaxpr_macs(forward))
+  assert counts[0] == counts[1] > 0
