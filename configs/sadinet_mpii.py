@@ -88,7 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   name, loss, options = _VARIANTS[arg.variant]
   c = ml_collections.ConfigDict()
   c.seed = 0
-  if name == "sadinet":  # stacks 1..S-1 as one nn.scan (compile time); False: one module each
+  if name in ("sadinet", "hourglass_8"):  # stacks 0..S-2 as one nn.scan (compile time)
     options = {**options, "scan_stacks": True}
   c.model = dict(name=name, dtype="float32", remat=False,
                  options={**_model_options(name, arg.smoke, arg.synthetic), **options},

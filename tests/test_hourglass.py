@@ -130,10 +130,13 @@ class StackedHourglassTest(chex.TestCase):
     self.assertIn("skip_layer", params["pre1_residual"])  # 64 -> 128
     self.assertIn("skip_layer", params["pre4_residual"])  # 128 -> width
     self.assertNotIn("skip_layer", params["pre3_residual"])  # 128 -> 128: identity
-    self.assertNotIn("skip_layer", params["hourglass0"]["up1"])
+    self.assertNotIn("skip_layer", params["hourglass1"]["up1"])
     # Only the outer hourglass widens (16 -> 16 + increase 4): its `low1` needs a skip conv,
-    # the nested ones run at 20 channels throughout.
-    outer = params["hourglass0"]
+    # the nested ones run at 20 channels throughout. (hourglass1: the last stack, outside
+    # the scan; stack 0 is stacks/hourglass, its leaves with a leading axis of 1.)
+    chex.assert_shape(params["stacks"]["hourglass"]["low1"]["skip_layer"]["kernel"],
+                      (1, 1, 1, 16, 20))
+    outer = params["hourglass1"]
     chex.assert_shape(outer["low1"]["skip_layer"]["kernel"], (1, 1, 16, 20))
     chex.assert_shape(outer["low2"]["low1"]["conv3"]["kernel"], (1, 1, 10, 20))
     self.assertNotIn("skip_layer", outer["low2"]["low1"])
@@ -183,6 +186,17 @@ class OfficialParityTest(chex.TestCase):
     scale = float(np.abs(expected).max())
     error = float(np.abs(np.asarray(heatmaps) - expected).max())
     self.assertLessEqual(error, RELATIVE_TOLERANCE * scale, f"error {error}, scale {scale}")
+
+  def test_unrolled_stacks_match_official(self):
+    # `scan_stacks=False`: every stack its own module, named as the official stacks.
+    model = hourglass_torch_import.infer_model(self.state_dict).clone(scan_stacks=False)
+    variables = hourglass_torch_import.convert(self.state_dict, model)
+    self.assertIn("merge_preds0", variables["params"])
+    heatmaps, _ = jax.jit(functools.partial(model.apply, train=False))(
+        variables, self.fixture["images_nhwc"])
+    expected = self.fixture["heatmaps_nhwc"]
+    error = float(np.abs(np.asarray(heatmaps) - expected).max())
+    self.assertLessEqual(error, RELATIVE_TOLERANCE * float(np.abs(expected).max()))
 
 
 class TorchImportTest(absltest.TestCase):

@@ -37,28 +37,6 @@ def _seeded_variables(module, *args, **kwargs) -> dict:
   return variables
 
 
-def _stack_layout(tree: dict, num_stacks: int, scan: bool) -> dict:
-  """A backbone tree in the official PoseNet's per-stack names (hourglass{s},
-  features{s}_residual, features{s}_conv, outs{s}, merge_{preds,features}{s}; hourglass.py's)
-  rearranged into RFMStackedHourglass's: stacks/ (leaves stacked, `scan`) or stack{s}/, and
-  last_stack/."""
-  def stack(s):
-    names = dict(hourglass=f"hourglass{s}", features_residual=f"features{s}_residual",
-                 features_conv=f"features{s}_conv", outs=f"outs{s}")
-    if s < num_stacks - 1:
-      names.update(merge_preds=f"merge_preds{s}", merge_features=f"merge_features{s}")
-    return {new: tree[old] for new, old in names.items() if old in tree}  # BN-free: no stats
-
-  out = {name: value for name, value in tree.items() if name.startswith("pre")}
-  merging = [stack(s) for s in range(num_stacks - 1)]
-  if scan and merging:
-    out["stacks"] = jax.tree.map(lambda *leaves: np.stack(leaves), *merging)
-  else:
-    out.update({f"stack{s}": value for s, value in enumerate(merging)})
-  out["last_stack"] = stack(num_stacks - 1)
-  return out
-
-
 class RFMTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -256,9 +234,9 @@ class SADINetTest(chex.TestCase):
     self.assertEqual(set(params), {"backbone", "sfm", "head", "dlm"})
     backbone = params["backbone"]
     self.assertIn("merge_preds", backbone["stacks"])
-    self.assertNotIn("merge_preds", backbone["last_stack"])  # the last stack merges nothing
-    self.assertIn("dilated_conv",
-                  backbone["last_stack"]["hourglass"]["low2"]["low2"]["low2"]["low2"])
+    self.assertIn("outs1", backbone)  # the last stack, outside the scan
+    self.assertNotIn("merge_preds1", backbone)  # the last stack merges nothing
+    self.assertIn("dilated_conv", backbone["hourglass1"]["low2"]["low2"]["low2"]["low2"])
     # The first stack's parameters, scanned: one leading axis of S - 1 = 1.
     chex.assert_shape(backbone["stacks"]["outs"]["conv"]["kernel"], (1, 1, 1, 16, NUM_KEYPOINTS))
     chex.assert_shape(params["sfm"]["adapt4"]["conv"]["kernel"], (1, 1, 16, 64))
@@ -300,7 +278,8 @@ class HourglassUnitTest(chex.TestCase):
   def test_backbone_is_the_plain_stacked_hourglass(self):
     images = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3)) * 255.0
     num_stacks = 3  # two merging stacks: the scan runs more than once
-    plain = hourglass.StackedHourglass(num_stacks=num_stacks, width=16, num_keypoints=4)
+    plain = hourglass.StackedHourglass(num_stacks=num_stacks, width=16, num_keypoints=4,
+                                       scan_stacks=False)
     # Eager init: jitting it would compile a threefry hash per kernel (slower than running).
     plain_variables = plain.init(jax.random.key(2), images, train=False)
     expected, _ = jax.jit(functools.partial(plain.apply, train=False))(plain_variables, images)
@@ -309,7 +288,7 @@ class HourglassUnitTest(chex.TestCase):
                                    residual_unit="bottleneck", scan_stacks=scan)
       shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0),
                               images)
-      variables = {collection: _stack_layout(tree, num_stacks, scan)
+      variables = {collection: hourglass.scanned_layout(tree, num_stacks) if scan else tree
                    for collection, tree in plain_variables.items()}
       chex.assert_trees_all_equal_shapes(
           variables, {name: shapes[name]["backbone"] for name in variables})
@@ -326,25 +305,20 @@ class HourglassUnitTest(chex.TestCase):
     unit = functools.partial(sadinet.RFM, se_reduction=4)
     unrolled = sadinet.RFMStackedHourglass(3, 4, 16, unit, scan_stacks=False)
     variables = _seeded_variables(unrolled, images, train=False)
-    scanned_variables = {}
-    for collection, tree in variables.items():
-      merging = [tree[f"stack{s}"] for s in range(2)]
-      scanned_variables[collection] = {
-          **{name: value for name, value in tree.items() if not name.startswith("stack")},
-          "stacks": jax.tree.map(lambda *leaves: np.stack(leaves), *merging)}
+    self.assertIn("merge_preds1", variables["params"])  # the official per-stack names
     scanned = sadinet.RFMStackedHourglass(3, 4, 16, unit, scan_stacks=True)
+    scanned_variables = {collection: hourglass.scanned_layout(tree, 3)
+                         for collection, tree in variables.items()}
+    chex.assert_trees_all_equal_shapes(
+        scanned_variables,
+        jax.eval_shape(functools.partial(scanned.init, train=False), jax.random.key(0), images))
     run = lambda model, v: jax.jit(functools.partial(model.apply, train=True,
                                                      mutable=["batch_stats"]))(v, images)
     (h1, levels), updates = run(unrolled, variables)
     (h1_scanned, levels_scanned), updates_scanned = run(scanned, scanned_variables)
     chex.assert_trees_all_close((h1_scanned, levels_scanned), (h1, levels), atol=1e-5)
-    stats = updates["batch_stats"]
-    chex.assert_trees_all_close(
-        updates_scanned["batch_stats"]["stacks"],
-        jax.tree.map(lambda *leaves: np.stack(leaves), stats["stack0"], stats["stack1"]),
-        atol=1e-5)
-    chex.assert_trees_all_close(updates_scanned["batch_stats"]["last_stack"],
-                                stats["last_stack"], atol=1e-5)
+    chex.assert_trees_all_close(updates_scanned["batch_stats"],
+                                hourglass.scanned_layout(updates["batch_stats"], 3), atol=1e-5)
 
   def test_unknown_unit_is_rejected(self):
     model = sadinet.sadinet_tiny(num_keypoints=4, residual_unit="basic")

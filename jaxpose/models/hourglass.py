@@ -38,7 +38,7 @@ Layer names map onto the official keys (`jaxpose/models/hourglass_torch_import.p
 """
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -143,6 +143,63 @@ class Hourglass(nn.Module):
     return up1 + _upsample_nearest_2x(low)
 
 
+# The per-stack module names of the official PoseNet loop (`{}` is the stack index).
+STACK_NAMES = ("hourglass{}", "features{}_residual", "features{}_conv", "outs{}",
+               "merge_preds{}", "merge_features{}")
+
+
+class _ScannedStack(nn.Module):
+  """`stack_fn` as a module, for `nn.scan`: (x, _) -> (the next stack's input, heatmaps)."""
+  stack_fn: Callable[..., Any]
+
+  @nn.compact
+  def __call__(self, x: jax.Array, _: Any = None) -> tuple[jax.Array, jax.Array]:
+    x, heatmaps, _ = self.stack_fn(x, suffix="", merge=True)
+    return x, heatmaps
+
+
+def run_stacks(stack_fn: Callable[..., Any], x: jax.Array, num_stacks: int, scan: bool
+               ) -> tuple[list[jax.Array], Any]:
+  """Runs the stacks of an hourglass network from the stem's output `x`; returns (each
+  stack's heatmaps, the last stack's other output).
+
+  `stack_fn(x, suffix=, merge=)` -> (next input, heatmaps, other) builds one stack in the
+  calling module, its submodules named `STACK_NAMES` with `suffix`. Stacks 0 .. S-2 merge
+  into the next and are identical; with `scan` they run as one `nn.scan` over parameters
+  stacked on a leading axis of S - 1 (`stacks/hourglass`, `stacks/outs`, ...), so XLA
+  compiles one of them instead of S - 1 (hourglass_8's train step: see BUILD_NOTES); without
+  it, stack s is `hourglass{s}`, `outs{s}`, ... as in the official code. The last stack is
+  `hourglass{S-1}`, ... either way. `scanned_layout` turns the one tree into the other.
+  """
+  merging = num_stacks - 1
+  if scan and merging:
+    scanned = nn.scan(_ScannedStack, variable_axes={"params": 0, "batch_stats": 0},
+                      split_rngs={"params": True}, length=merging)
+    x, stacked = scanned(stack_fn, name="stacks")(x, None)
+    stack_heatmaps = list(stacked)
+  else:
+    stack_heatmaps = []
+    for s in range(merging):
+      x, heatmaps, _ = stack_fn(x, suffix=str(s), merge=True)
+      stack_heatmaps.append(heatmaps)
+  _, heatmaps, other = stack_fn(x, suffix=str(merging), merge=False)
+  return stack_heatmaps + [heatmaps], other
+
+
+def scanned_layout(tree: dict[str, Any], num_stacks: int) -> dict[str, Any]:
+  """One variable collection of a stacked network (params or batch_stats of the module that
+  called `run_stacks`) from the unrolled layout (stack s under `hourglass{s}`, `outs{s}`,
+  ...) to the scanned one (stacks 0 .. S-2 under `stacks/`, each leaf stacked on axis 0)."""
+  merging = [{name.format(""): tree[name.format(s)] for name in STACK_NAMES
+              if name.format(s) in tree} for s in range(num_stacks - 1)]
+  if not merging:
+    return dict(tree)
+  taken = {name.format(s) for name in STACK_NAMES for s in range(num_stacks - 1)}
+  out = {name: value for name, value in tree.items() if name not in taken}
+  out["stacks"] = jax.tree.map(lambda *leaves: np.stack(leaves), *merging)
+  return out
+
+
 class StackedHourglass(nn.Module):
   """Stacked hourglass network: images [B, H, W, 3] -> heatmaps [B, S, H/4, W/4, K].
 
@@ -157,6 +214,7 @@ class StackedHourglass(nn.Module):
   width: int = 256
   increase: int = 0
   remat: bool = False  # recompute each stack's hourglass in the backward pass
+  scan_stacks: bool = True  # stacks 0 .. S-2 as one nn.scan (`run_stacks`)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -175,23 +233,25 @@ class StackedHourglass(nn.Module):
     x = Residual(_STEM_RESIDUAL_CHANNELS, dtype=self.dtype, name="pre3_residual")(x, train=train)
     x = Residual(self.width, dtype=self.dtype, name="pre4_residual")(x, train=train)
 
-    stack_heatmaps = []
-    for s in range(self.num_stacks):
+    def stack(x, *, suffix, merge):
       hourglass = Hourglass(_HOURGLASS_DEPTH, self.increase, dtype=self.dtype,
-                            name=f"hourglass{s}")
+                            name=f"hourglass{suffix}")
       y = layers.apply_block(hourglass, x, train=train, remat=self.remat)
-      y = Residual(self.width, dtype=self.dtype, name=f"features{s}_residual")(y, train=train)
+      y = Residual(self.width, dtype=self.dtype, name=f"features{suffix}_residual")(
+          y, train=train)
       features = ConvBlock(self.width, bn=True, dtype=self.dtype,
-                           name=f"features{s}_conv")(y, train=train)
+                           name=f"features{suffix}_conv")(y, train=train)
       heatmaps = ConvBlock(self.num_keypoints, relu=False, dtype=self.dtype,
-                           name=f"outs{s}")(features, train=train)
-      stack_heatmaps.append(heatmaps)
-      if s < self.num_stacks - 1:
+                           name=f"outs{suffix}")(features, train=train)
+      if merge:
         # Summation order as the official `x + merge_preds(preds) + merge_features(feature)`.
         x = (x + ConvBlock(self.width, relu=False, dtype=self.dtype,
-                           name=f"merge_preds{s}")(heatmaps, train=train)
+                           name=f"merge_preds{suffix}")(heatmaps, train=train)
              + ConvBlock(self.width, relu=False, dtype=self.dtype,
-                         name=f"merge_features{s}")(features, train=train))
+                         name=f"merge_features{suffix}")(features, train=train))
+      return x, heatmaps, features
+
+    stack_heatmaps, features = run_stacks(stack, x, self.num_stacks, self.scan_stacks)
     return jnp.stack(stack_heatmaps, axis=1).astype(jnp.float32), {"features": features}
 
 

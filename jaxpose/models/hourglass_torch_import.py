@@ -14,6 +14,9 @@ module creates that 1x1 conv but never runs it (`need_skip` is False), so jaxpos
 such parameter. A skip conv is dropped only if its own residual's `conv1` and `conv3` keys
 say the widths are equal; any other unexpected key is an error.
 
+A model with `scan_stacks` (the default) receives stacks 0 .. S-2 stacked under `stacks/`
+(`hourglass.scanned_layout`); the key table below is that of the unrolled layout.
+
 Tensors: conv `weight` [O, I, kh, kw] -> `kernel` [kh, kw, I, O], conv `bias` as is; BN
 `weight`, `bias`, `running_mean`, `running_var` -> params `scale`, `bias`, batch_stats
 `mean`, `var`.
@@ -102,5 +105,12 @@ def convert(state_dict: Mapping[str, Any],
   unused = set(unused_skip_keys(state_dict))
   used = {key: value for key, value in state_dict.items() if key not in unused}
   model = model or infer_model(state_dict)
+  # The torch keys name each stack (`hgs.{s}`), as the unrolled layout does; a model with
+  # scanned stacks gets the same variables stacked (`hourglass.scanned_layout`).
+  unrolled = model.clone(scan_stacks=False)
   # Four poolings after the stride-4 stem: 64x64 is the smallest input the model takes.
-  return weights.convert(used, model, torch_key, kernel_axes, input_hw=(64, 64))
+  variables = weights.convert(used, unrolled, torch_key, kernel_axes, input_hw=(64, 64))
+  if not model.scan_stacks:
+    return variables
+  return {collection: hourglass.scanned_layout(tree, model.num_stacks)
+          for collection, tree in variables.items()}

@@ -36,10 +36,11 @@ input_wh - 0.5), "h2" [B, H/4, W/4, K], "feature" [B, 2048], "sfm_weights" [B, H
 (float32) and, given `target_uv` [B, K, 2], "log_phi" [B, K] for the RLE loss
 (`jaxpose/losses/rle.py`). H and W must be multiples of 64.
 
-Parameter tree: backbone/ (pre0_conv, pre{1,3,4}_residual; stacks/ (the first S - 1 stacks,
-every leaf with a leading axis S - 1; `scan_stacks=False`: stack{s}/ each) and last_stack/,
-each holding hourglass/{up1, low1, low2, low3} nested as in hourglass.py, features_residual,
-features_conv, outs and (not the last) merge_preds, merge_features); RFM children conv1, bn1, conv2, bn2, dilated_conv, dilated_bn,
+Parameter tree: backbone/ (pre0_conv, pre{1,3,4}_residual; stacks/ (stacks 0 .. S-2, every
+leaf with a leading axis S - 1: hourglass/{up1, low1, low2, low3} nested as in hourglass.py,
+features_residual, features_conv, outs, merge_preds, merge_features); the last stack's
+hourglass{S-1}, features{S-1}_residual, features{S-1}_conv, outs{S-1}; with
+`scan_stacks=False` every stack named so, as in hourglass.py); RFM children conv1, bn1, conv2, bn2, dilated_conv, dilated_bn,
 se/{fc1, fc2}, downsample_conv, downsample_bn; sfm/ (adapt{n}, project{n}, logit{n},
 restore{n}); head/ (incre{n}, downsample{n}, downsample{n}_bn, final, final_bn); dlm/
 (fc_coord, fc_sigma, flow) with the official RLE key table in realnvp.py.
@@ -151,45 +152,15 @@ class RFMHourglass(nn.Module):
     return out, [out, *inner]
 
 
-class RFMStack(nn.Module):
-  """One stack of the official PoseNet: hourglass, features, heatmaps [B, H/4, W/4, K] and,
-  with `merge`, the next stack's input x + merge_preds(heatmaps) + merge_features(features)
-  (the official summation order). (x [B, H/4, W/4, width], _) -> (next x or x, (heatmaps,
-  levels)): the signature `nn.scan` needs (`train` is an attribute for the same reason)."""
-  num_keypoints: int
-  width: int
-  unit: Callable[..., nn.Module]
-  merge: bool
-  train: bool
-  remat: bool = False
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, _: Any = None
-               ) -> tuple[jax.Array, tuple[jax.Array, list[jax.Array]]]:
-    unit = functools.partial(self.unit, dtype=self.dtype)
-    block = functools.partial(hourglass.ConvBlock, dtype=self.dtype)
-    hourglass_module = RFMHourglass(_HOURGLASS_DEPTH, self.unit, self.dtype, name="hourglass")
-    y, levels = layers.apply_block(hourglass_module, x, train=self.train, remat=self.remat)
-    y = unit(self.width, name="features_residual")(y, train=self.train)
-    features = block(self.width, bn=True, name="features_conv")(y, train=self.train)
-    heatmaps = block(self.num_keypoints, relu=False, name="outs")(features, train=self.train)
-    if self.merge:
-      x = (x + block(self.width, relu=False, name="merge_preds")(heatmaps, train=self.train)
-           + block(self.width, relu=False, name="merge_features")(features, train=self.train))
-    return x, (heatmaps, levels)
-
-
 class RFMStackedHourglass(nn.Module):
   """The official PoseNet wiring with `unit` for every residual: images [B, H, W, 3] ->
   (H1 [B, S, H/4, W/4, K] float32, the last stack's hourglass levels H/4 .. H/32).
 
-  The first S - 1 stacks are identical (each merges into the next), so `scan_stacks` runs
-  them as one `nn.scan` over stacked parameters (`stacks/...`, leading axis S - 1; the last
-  stack is `last_stack/...`): XLA compiles one stack instead of S - 1, which is what makes
-  the paper's 8 x 256 network compile in minutes rather than tens of minutes. Without it,
-  each stack is its own module (`stack{s}/...`); the two compute the same function
-  (tests/test_sadinet.py maps one tree onto the other)."""
+  With `scan_stacks` the first S - 1 stacks, identical, run as one `nn.scan` over stacked
+  parameters (`hourglass.run_stacks`): XLA compiles one stack instead of S - 1, so the
+  paper's 8 x 256 network compiles in minutes rather than a quarter of an hour (BUILD_NOTES).
+  Without it the tree is the official PoseNet's (`hourglass{s}`, `outs{s}`, ...);
+  `hourglass.scanned_layout` maps it onto the scanned one."""
   num_stacks: int
   num_keypoints: int
   width: int
@@ -208,23 +179,23 @@ class RFMStackedHourglass(nn.Module):
     x = fast_grad.max_pool(x, 2, 2, ((0, 0), (0, 0)))
     x = unit(_STEM_RESIDUAL_CHANNELS, name="pre3_residual")(x, train=train)
     x = unit(self.width, name="pre4_residual")(x, train=train)
-    stack = functools.partial(RFMStack, self.num_keypoints, self.width, self.unit, train=train,
-                              remat=self.remat, dtype=self.dtype)
-    merging = self.num_stacks - 1
-    if self.scan_stacks and merging:
-      scanned = nn.scan(RFMStack, variable_axes={"params": 0, "batch_stats": 0},
-                        split_rngs={"params": True}, length=merging)
-      x, (heatmaps, _) = scanned(self.num_keypoints, self.width, self.unit, merge=True,
-                                 train=train, remat=self.remat, dtype=self.dtype,
-                                 name="stacks")(x, None)
-      stack_heatmaps = list(heatmaps)
-    else:
-      stack_heatmaps = []
-      for s in range(merging):
-        x, (heatmaps, _) = stack(merge=True, name=f"stack{s}")(x)
-        stack_heatmaps.append(heatmaps)
-    _, (heatmaps, levels) = stack(merge=False, name="last_stack")(x)
-    stack_heatmaps.append(heatmaps)
+
+    def stack(x, *, suffix, merge):
+      hourglass_module = RFMHourglass(_HOURGLASS_DEPTH, self.unit, self.dtype,
+                                      name=f"hourglass{suffix}")
+      y, levels = layers.apply_block(hourglass_module, x, train=train, remat=self.remat)
+      y = unit(self.width, name=f"features{suffix}_residual")(y, train=train)
+      features = block(self.width, bn=True, name=f"features{suffix}_conv")(y, train=train)
+      heatmaps = block(self.num_keypoints, relu=False, name=f"outs{suffix}")(features,
+                                                                             train=train)
+      if merge:
+        x = (x + block(self.width, relu=False, name=f"merge_preds{suffix}")(heatmaps,
+                                                                           train=train)
+             + block(self.width, relu=False, name=f"merge_features{suffix}")(features,
+                                                                             train=train))
+      return x, heatmaps, levels
+
+    stack_heatmaps, levels = hourglass.run_stacks(stack, x, self.num_stacks, self.scan_stacks)
     return jnp.stack(stack_heatmaps, axis=1).astype(jnp.float32), levels
 
 
