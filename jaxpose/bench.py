@@ -17,13 +17,11 @@ iteration) over the measured step time, divided by the device's dense bfloat16 p
 `gflops_per_step` is XLA's own cost analysis, which counts a loop body once.
 """
 
-import collections
 import functools
 import glob
 import gzip
 import json
 import os
-import re
 import resource
 import sys
 import time
@@ -47,6 +45,7 @@ from jaxpose import integral_step
 from jaxpose import mesh as mesh_lib
 from jaxpose import optim
 from jaxpose import step as step_lib
+from jaxpose import trace_ops
 from jaxpose import train
 from jaxpose.data import keypoints as keypoints_lib
 from jaxpose.data import integral_pipeline
@@ -315,32 +314,6 @@ def _figures(kind, config, batch_size, compile_seconds, seconds, flops: Flops, c
   return figures
 
 
-def hlo_instruction_names(hlo_text: str) -> set[str]:
-  """The names of the instructions of an HLO module's text (`%name = ...`)."""
-  return set(re.findall(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=", hlo_text, re.MULTILINE))
-
-
-def op_times(trace_events: list[dict], instruction_names: set[str], steps: int
-             ) -> tuple[list[dict], dict[str, float]]:
-  """Per-step milliseconds of each XLA op in a Chrome/Perfetto trace, slowest first, and the
-  same summed by kind (the op name without its `.N` suffix, e.g. `copy_bitcast_fusion`).
-  Only complete events (`ph` "X") named after an instruction of the program count, so the
-  runtime's own spans (executors, thread-pool waits, Python) are left out. On a CPU the
-  ops of one step overlap in time, so the sum can exceed the step's wall time."""
-  seconds, calls = collections.Counter(), collections.Counter()
-  for event in trace_events:
-    if event.get("ph") == "X" and event.get("name") in instruction_names:
-      seconds[event["name"]] += event.get("dur", 0) / 1e6
-      calls[event["name"]] += 1
-  ops = [dict(op=name, kind=re.sub(r"\.\d+$", "", name),
-              ms_per_step=round(1e3 * total / steps, 3), calls_per_step=calls[name] / steps)
-         for name, total in seconds.most_common()]
-  kinds = collections.Counter()
-  for op in ops:
-    kinds[op["kind"]] += op["ms_per_step"]
-  return ops, {kind: round(ms, 3) for kind, ms in kinds.most_common()}
-
-
 def bench_profile(config, batch_size: int, steps: int, profile_dir: str | None = None,
                   top: int = 25) -> dict:
   """`steps` train steps of the config (as `step`: random batch, one in flight) traced by
@@ -372,7 +345,7 @@ def bench_profile(config, batch_size: int, steps: int, profile_dir: str | None =
   with gzip.open(trace_files[-1], "rt", encoding="utf-8") as f:
     trace = json.load(f)
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
-  ops, kinds = op_times(events, hlo_instruction_names(hlo_text), steps)
+  ops, kinds = trace_ops.op_times(events, trace_ops.hlo_instruction_names(hlo_text), steps)
   figures = _figures("profile", config, batch_size, compile_seconds, seconds, flops, compiled)
   figures.update(profile_dir=profile_dir, trace=trace_files[-1],
                  ms_per_step_by_kind=kinds, slowest_ops=ops[:top])

@@ -11,6 +11,7 @@ import pytest
 from configs import default as default_config
 from jaxpose import bench
 from jaxpose import macs
+from jaxpose import trace_ops
 from jaxpose.models import fast_grad
 from jaxpose.models import sadinet
 
@@ -61,7 +62,7 @@ def test_op_times_sum_each_instructions_spans_per_step():
          "  %copy_bitcast_fusion.54 = f32[4]{0} fusion(%p0), kind=kLoop\n"
          "  %ynn_fusion.3 = f32[4]{0} fusion(%copy_bitcast_fusion.54), kind=kCustom\n"
          "  ROOT %copy_bitcast_fusion.7 = f32[4]{0} fusion(%ynn_fusion.3), kind=kLoop\n}\n")
-  names = bench.hlo_instruction_names(hlo)
+  names = trace_ops.hlo_instruction_names(hlo)
   assert names == {"p0", "copy_bitcast_fusion.54", "ynn_fusion.3", "copy_bitcast_fusion.7"}
   events = [  # durations in microseconds, two traced steps
       dict(ph="X", name="ynn_fusion.3", dur=3000), dict(ph="X", name="ynn_fusion.3", dur=1000),
@@ -70,7 +71,7 @@ def test_op_times_sum_each_instructions_spans_per_step():
       dict(ph="X", name="copy_bitcast_fusion.7", dur=200),
       dict(ph="X", name="ThunkExecutor::Execute", dur=9000),  # runtime span: not an op
       dict(ph="i", name="ynn_fusion.3", dur=5000)]  # not a complete event
-  ops, kinds = bench.op_times(events, names, steps=2)
+  ops, kinds = trace_ops.op_times(events, names, steps=2)
   assert [op["op"] for op in ops] == ["ynn_fusion.3", "copy_bitcast_fusion.54",
                                       "copy_bitcast_fusion.7"]
   assert ops[0] == dict(op="ynn_fusion.3", kind="ynn_fusion", ms_per_step=2.0, calls_per_step=1.0)

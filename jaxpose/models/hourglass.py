@@ -35,6 +35,10 @@ Layer names map onto the official keys (`jaxpose/models/hourglass_torch_import.p
   features{s}_conv/conv, bn                features.{s}.1.conv, features.{s}.1.bn
   outs{s}/conv                             outs.{s}.conv
   merge_preds{s}/conv, merge_features{s}/conv   merge_preds.{s}.conv.conv, ...
+
+That is the unrolled layout (`scan_stacks=False`). By default stacks 0 .. S-2 run as one
+`nn.scan` and live under `stacks/` with the index dropped (`stacks/hourglass`, `stacks/outs`,
+..., leaves stacked on a leading axis of S - 1); `scanned_layout` maps the one onto the other.
 """
 
 import functools
