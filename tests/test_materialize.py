@@ -1,4 +1,4 @@
-"""`layers.materialize` / `fenced`: an exact identity whose CPU lowering keeps XLA from
+"""`fast_grad.materialize` / `fenced`: an exact identity whose CPU lowering keeps XLA from
 copying a residual chain into every consumer (the fused programs stop growing with depth)."""
 
 import re
@@ -10,16 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpose.models import hrnet
-from jaxpose.models import layers
+from jaxpose.models import fast_grad
 
 
 def test_identity_in_value_and_gradient_for_any_witness():
   x = jnp.array([[-0.0, 0.0, 1.5, -2.25], [jnp.inf, -jnp.inf, jnp.nan, 3e-39]], jnp.float32)
   for witness in (jnp.float32(0.3), jnp.float32(jnp.nan), jnp.ones((2, 3))):
-    out = jax.jit(layers.materialize)(x, witness)
+    out = jax.jit(fast_grad.materialize)(x, witness)
     # Bit for bit: signed zeros, infinities, NaN and a subnormal come back unchanged.
     np.testing.assert_array_equal(np.asarray(out).view(np.uint32), np.asarray(x).view(np.uint32))
-  grad = jax.grad(lambda v: jnp.sum(layers.materialize(v, jnp.float32(2.0)) * v))(x[:1])
+  grad = jax.grad(lambda v: jnp.sum(fast_grad.materialize(v, jnp.float32(2.0)) * v))(x[:1])
   chex.assert_trees_all_close(grad, 2 * x[:1])
 
 
@@ -53,8 +53,9 @@ def test_fused_programs_do_not_grow_with_depth_on_cpu():
     return
   shallow, fences_shallow = _largest_fusion_and_conditionals(2)
   deep, fences_deep = _largest_fusion_and_conditionals(6)
-  # One fence per block output in the forward pass and one in the backward pass.
-  assert (fences_shallow, fences_deep) == (4, 12)
+  # Per BasicBlock: one fence on its output in the forward pass and one in the backward
+  # pass, and one on the input of each of its two convolutions' weight gradients.
+  assert (fences_shallow, fences_deep) == (2 * 4, 6 * 4)
   # Without the fences the largest fusion grows with the chain (measured: 78 lines at 4
   # blocks, 146 at 8, 282 at 16); with them it is one block's worth at any depth.
   assert deep == shallow, (shallow, deep)

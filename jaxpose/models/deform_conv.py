@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxpose.models import layers
+from jaxpose.models import fast_grad
 
 IntPair = int | tuple[int, int]
 
@@ -74,7 +74,7 @@ def _sample_columns(x: jax.Array, y_coords: jax.Array, x_coords: jax.Array,
   frac_x = frac_x.reshape(-1, 1).astype(x.dtype)
   high_y, high_x = frac_y * inside, frac_x
   low_y, low_x = (1 - frac_y) * inside, 1 - frac_x
-  weights = layers.materialize(jnp.concatenate(
+  weights = fast_grad.materialize(jnp.concatenate(
       [low_y * low_x, low_y * high_x, high_y * low_x, high_y * high_x], axis=1), witness)
 
   padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0)))
@@ -93,7 +93,7 @@ def _sample_columns(x: jax.Array, y_coords: jax.Array, x_coords: jax.Array,
                                  start_index_map=(0, 1, 2, 3)),
       slice_sizes=(1, 2, 2, 1, group_channels),
       mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS).reshape(-1, 4, group_channels)
-  windows = layers.materialize(windows, witness)
+  windows = fast_grad.materialize(windows, witness)
   # torchvision's sum order, w00 v00 + w01 v01 + w10 v10 + w11 v11 (a jnp.sum over the window
   # axes became a YNN reduction that fused, and recomputed, its broadcasts: slower).
   columns = (weights[:, 0:1] * windows[:, 0] + weights[:, 1:2] * windows[:, 1]

@@ -10,6 +10,7 @@ The forward passes are the ordinary `lax` ops, so values are exactly those of `n
 - conv input gradient: for stride 1, a stride-1 convolution of the output gradient with the
   flipped kernel (a fast forward conv); for stride > 1, the output gradient times the
   kernel matrix, scattered back through the transposed slicing (pads, no lhs dilation).
+- the input the weight gradient reads is `materialize`d first (see there and the backward).
 - max-pool gradient: XLA's select-and-scatter is slow on CPU (148 ms for 3x3/2 on
   [32, 64, 48, 64]). Here the gradient goes to the first maximum of each window, as
   PyTorch's MaxPool2d does, through one-hot masks of the window taps.
@@ -39,6 +40,33 @@ def _window_views(x: jax.Array, window_hw: tuple[int, int], stride: int, padding
           for i in range(kh) for j in range(kw)]
 
 
+def materialize(x: jax.Array, witness: jax.Array) -> jax.Array:
+  """Identity that, on CPU, makes XLA write `x` to memory; elsewhere plain identity.
+
+  XLA's CPU fusion copies chains of cheap element-wise ops into every consumer. Between two
+  convolutions of a residual network nothing else is written to memory, so the BatchNorm /
+  ReLU / residual-add chain grows with depth, and each consumer (the next block, the weight
+  gradient's shifted views, the backward pass) recomputes it from the start: program size,
+  compile time and step time grow quadratically. 32 HRNet BasicBlocks in a row: compile
+  35.8 s and step 4.0-4.7 s without this fence, 5.8 s and 2.0 s with it (BUILD_NOTES,
+  performance). The price is a copy of `x` each way, so it is used where it was measured to
+  pay: HRNet's blocks and modules, the hourglass's residuals, SADI-Net's RFMs; not ResNet's
+  bottlenecks, whose short chains over wide maps ran 15% slower fenced; and the input of
+  every weight gradient (`conv2d`'s backward). A `lax.cond` is a
+  boundary fusion cannot cross; its predicate must be a runtime value, or XLA folds the
+  branch away: `witness` is any scalar the step reads anyway (a parameter of the block:
+  replicated, so no device talks to another). Both branches return `x` bit for bit,
+  `witness` NaN or not (the second is written `x * 1` so that XLA does not merge two
+  identical branches before fusing). `optimization_barrier` does not work here: the CPU
+  pipeline drops it before fusion.
+  """
+  def through_cond(x, witness):
+    return jax.lax.cond(witness == witness, lambda v: v, lambda v: v * 1, x)
+
+  return jax.lax.platform_dependent(x, witness.reshape(-1)[0], cpu=through_cond,
+                                    default=lambda x, _: x)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding, dilation: int
            ) -> jax.Array:
@@ -53,6 +81,12 @@ def _conv2d_forward(x, kernel, stride, padding, dilation):
 
 def _conv2d_backward(stride, padding, dilation, residuals, grad_out):
   x, kernel = residuals
+  # The weight gradient reads x transposed. Unfenced, XLA fuses the whole element-wise chain
+  # that produced x (BatchNorm, ReLU, a stage's residual adds) into that transposing copy and
+  # recomputes it in a cache-hostile order: 70 ms for one [8, 64, 48, 256] ResNet input
+  # against 3 ms for a copy. Fenced, the chain is written once in its own order.
+  # SimpleBaseline-R50's step: 3.10-3.15 s -> 2.60-2.80 s (BUILD_NOTES, performance).
+  x = materialize(x, kernel)
   kh, kw, _, out_channels = kernel.shape
   views = lambda x: jnp.concatenate(_window_views(x, (kh, kw), stride, padding, dilation, 0.0), -1)
   patches, views_transpose = jax.vjp(views, x)

@@ -62,32 +62,6 @@ def _call_in_mode(module: nn.Module, x: Any, train: bool) -> Any:
   return module(x, train=train)
 
 
-def materialize(x: jax.Array, witness: jax.Array) -> jax.Array:
-  """Identity that, on CPU, makes XLA write `x` to memory; elsewhere plain identity.
-
-  XLA's CPU fusion copies chains of cheap element-wise ops into every consumer. Between two
-  convolutions of a residual network nothing else is written to memory, so the BatchNorm /
-  ReLU / residual-add chain grows with depth, and each consumer (the next block, the weight
-  gradient's shifted views, the backward pass) recomputes it from the start: program size,
-  compile time and step time grow quadratically. 32 HRNet BasicBlocks in a row: compile
-  35.8 s and step 4.0-4.7 s without this fence, 5.8 s and 2.0 s with it (BUILD_NOTES,
-  performance). The price is a copy of `x` each way, so it is used where it was measured to
-  pay: HRNet's blocks and modules, the hourglass's residuals, SADI-Net's RFMs; not ResNet's
-  bottlenecks, whose short chains over wide maps ran 15% slower fenced. A `lax.cond` is a
-  boundary fusion cannot cross; its predicate must be a runtime value, or XLA folds the
-  branch away: `witness` is any scalar the step reads anyway (a parameter of the block:
-  replicated, so no device talks to another). Both branches return `x` bit for bit,
-  `witness` NaN or not (the second is written `x * 1` so that XLA does not merge two
-  identical branches before fusing). `optimization_barrier` does not work here: the CPU
-  pipeline drops it before fusion.
-  """
-  def through_cond(x, witness):
-    return jax.lax.cond(witness == witness, lambda v: v, lambda v: v * 1, x)
-
-  return jax.lax.platform_dependent(x, witness.reshape(-1)[0], cpu=through_cond,
-                                    default=lambda x, _: x)
-
-
 def fenced(module: nn.Module, outputs: Any) -> Any:
   """Each array of `outputs`, `materialize`d with the first parameter `module` has created
   as the witness; a block calls it on its own output (`return fenced(self, out)`).
@@ -95,7 +69,7 @@ def fenced(module: nn.Module, outputs: Any) -> Any:
   params = jax.tree.leaves(module.variables.get("params", {}))
   if not params:
     return outputs
-  return jax.tree.map(lambda y: materialize(y, params[0]), outputs)
+  return jax.tree.map(lambda y: fast_grad.materialize(y, params[0]), outputs)
 
 
 def apply_block(module: nn.Module, x: Any, *, train: bool, remat: bool) -> Any:
