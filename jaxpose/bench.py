@@ -1,4 +1,4 @@
-"""`python -m jaxpose.bench {step,train,infer,data,profile} --config CONFIG [--batch N] [--steps N]`.
+"""`python -m jaxpose.bench {step,train,infer,data,profile} --config CONFIG [--batch N] ...`.
 
 Prints one JSON object of figures. `step` compiles the config's real train step and times
 it on random inputs of the config's shapes; `train` feeds that step from the config's real

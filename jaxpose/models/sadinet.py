@@ -40,10 +40,11 @@ Parameter tree: backbone/ (pre0_conv, pre{1,3,4}_residual; stacks/ (stacks 0 .. 
 leaf with a leading axis S - 1: hourglass/{up1, low1, low2, low3} nested as in hourglass.py,
 features_residual, features_conv, outs, merge_preds, merge_features); the last stack's
 hourglass{S-1}, features{S-1}_residual, features{S-1}_conv, outs{S-1}; with
-`scan_stacks=False` every stack named so, as in hourglass.py); RFM children conv1, bn1, conv2, bn2, dilated_conv, dilated_bn,
-se/{fc1, fc2}, downsample_conv, downsample_bn; sfm/ (adapt{n}, project{n}, logit{n},
-restore{n}); head/ (incre{n}, downsample{n}, downsample{n}_bn, final, final_bn); dlm/
-(fc_coord, fc_sigma, flow) with the official RLE key table in realnvp.py.
+`scan_stacks=False` every stack named so, as in hourglass.py); RFM children conv1, bn1,
+conv2, bn2, dilated_conv, dilated_bn, se/{fc1, fc2}, downsample_conv, downsample_bn; sfm/
+(adapt{n}, project{n}, logit{n}, restore{n}); head/ (incre{n}, downsample{n},
+downsample{n}_bn, final, final_bn); dlm/ (fc_coord, fc_sigma, flow) with the official RLE
+key table in realnvp.py.
 """
 
 import functools
