@@ -164,15 +164,21 @@ def _state_and_step(config):
   return mesh, state, train_step
 
 
+def _compiled_step(config, batch_size: int):
+  """(train state, random batch of the pipeline's shapes on the mesh, rng, `_compile` of the
+  config's train step on them): what `step` times and `profile` traces."""
+  mesh, state, train_step = _state_and_step(config)
+  batch = mesh_lib.put_batch(
+      example_batches.example_batch(families.kind_of(config), config, batch_size), mesh)
+  rng = jax.random.key(1)
+  return state, batch, rng, _compile(train_step, state, batch, rng)
+
+
 def bench_step(config, batch_size: int, steps: int, compile_only: bool = False,
                peak: float | None = None) -> dict:
   """The config's own train step (its family's: top-down, RLE, bottom-up or integral) on a
   random batch of the pipeline's shapes (`example_batches`)."""
-  mesh, state, train_step = _state_and_step(config)
-  kind = families.kind_of(config)
-  batch = mesh_lib.put_batch(example_batches.example_batch(kind, config, batch_size), mesh)
-  rng = jax.random.key(1)
-  compiled, compile_seconds, flops = _compile(train_step, state, batch, rng)
+  state, batch, rng, (compiled, compile_seconds, flops) = _compiled_step(config, batch_size)
   if compile_only:
     return _figures("step", config, batch_size, compile_seconds, None, flops, compiled)
   holder = {"state": state}
@@ -318,13 +324,9 @@ def bench_profile(config, batch_size: int, steps: int, profile_dir: str | None =
                   top: int = 25) -> dict:
   """`steps` train steps of the config (as `step`: random batch, one in flight) traced by
   `jax.profiler`: the trace goes to `profile_dir`; printed are the wall time per traced
-  step, the `top` slowest ops of the compiled program and the time by op kind. The op
-  named in `ops` can be looked up in the program's HLO, written beside the trace."""
-  mesh, state, train_step = _state_and_step(config)
-  batch = mesh_lib.put_batch(
-      example_batches.example_batch(families.kind_of(config), config, batch_size), mesh)
-  rng = jax.random.key(1)
-  compiled, compile_seconds, flops = _compile(train_step, state, batch, rng)
+  step, the `top` slowest ops of the compiled program and the time by op kind. Each op
+  named in `slowest_ops` can be looked up in the program's HLO, written beside the trace."""
+  state, batch, rng, (compiled, compile_seconds, flops) = _compiled_step(config, batch_size)
   state, metrics = compiled(state, batch, rng)  # warm-up, outside the trace
   jax.block_until_ready(metrics)
   profile_dir = profile_dir or os.path.join("/tmp", f"jaxpose_profile_{os.getpid()}")

@@ -179,24 +179,18 @@ class OfficialParityTest(chex.TestCase):
                      (NUM_STACKS, TINY_WIDTH, NUM_KEYPOINTS, 4))
 
   def test_eval_heatmaps_match_official(self):
-    _, variables = _tiny_model_and_variables()  # convert(fixture state_dict), inferred model
-    heatmaps, _ = _jitted_apply(False)(variables, self.fixture["images_nhwc"])
-    expected = self.fixture["heatmaps_nhwc"]
-    chex.assert_shape(heatmaps, expected.shape)
-    scale = float(np.abs(expected).max())
-    error = float(np.abs(np.asarray(heatmaps) - expected).max())
-    self.assertLessEqual(error, RELATIVE_TOLERANCE * scale, f"error {error}, scale {scale}")
-
-  def test_unrolled_stacks_match_official(self):
-    # `scan_stacks=False`: every stack its own module, named as the official stacks.
-    model = hourglass_torch_import.infer_model(self.state_dict).clone(scan_stacks=False)
-    variables = hourglass_torch_import.convert(self.state_dict, model)
-    self.assertIn("merge_preds0", variables["params"])
-    heatmaps, _ = jax.jit(functools.partial(model.apply, train=False))(
-        variables, self.fixture["images_nhwc"])
-    expected = self.fixture["heatmaps_nhwc"]
-    error = float(np.abs(np.asarray(heatmaps) - expected).max())
-    self.assertLessEqual(error, RELATIVE_TOLERANCE * float(np.abs(expected).max()))
+    # Both layouts: stacks 0 .. S-2 scanned (the default) and every stack its own module.
+    scanned = hourglass_torch_import.infer_model(self.state_dict)
+    for model in (scanned, scanned.clone(scan_stacks=False)):
+      variables = hourglass_torch_import.convert(self.state_dict, model)
+      self.assertEqual("stacks" in variables["params"], model.scan_stacks)
+      heatmaps, _ = jax.jit(functools.partial(model.apply, train=False))(
+          variables, self.fixture["images_nhwc"])
+      expected = self.fixture["heatmaps_nhwc"]
+      chex.assert_shape(heatmaps, expected.shape)
+      scale = float(np.abs(expected).max())
+      error = float(np.abs(np.asarray(heatmaps) - expected).max())
+      self.assertLessEqual(error, RELATIVE_TOLERANCE * scale, f"error {error}, scale {scale}")
 
 
 class TorchImportTest(absltest.TestCase):

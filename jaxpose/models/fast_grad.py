@@ -50,11 +50,10 @@ def materialize(x: jax.Array, witness: jax.Array) -> jax.Array:
   compile time and step time grow quadratically. 32 HRNet BasicBlocks in a row: compile
   35.8 s and step 4.0-4.7 s without this fence, 5.8 s and 2.0 s with it (BUILD_NOTES,
   performance). The price is a copy of `x` each way, so it is used where it was measured to
-  pay: HRNet's blocks and modules, the hourglass's residuals, SADI-Net's RFMs; not ResNet's
-  bottlenecks, whose short chains over wide maps ran 15% slower fenced; and the input of
-  every weight gradient (`conv2d`'s backward). A `lax.cond` is a
-  boundary fusion cannot cross; its predicate must be a runtime value, or XLA folds the
-  branch away: `witness` is any scalar the step reads anyway (a parameter of the block:
+  pay: HRNet's blocks and modules, the hourglass's residuals, SADI-Net's RFMs and the input
+  of every weight gradient (`conv2d`'s backward); not ResNet's block outputs, whose short
+  chains over wide maps ran 15% slower fenced. A `lax.cond` is a boundary fusion cannot
+  cross; its predicate must be a runtime value, or XLA folds the branch away: `witness` is any scalar the step reads anyway (a parameter of the block:
   replicated, so no device talks to another). Both branches return `x` bit for bit,
   `witness` NaN or not (the second is written `x * 1` so that XLA does not merge two
   identical branches before fusing). `optimization_barrier` does not work here: the CPU
