@@ -62,6 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   options = {} if arg.baseline else dict(_VARIANTS[arg.variant])
   if swahr:
     options["scale_head"] = True  # SWAHR's scale maps, which its loss reads
+  # The keypoint branches, and a long HRNet stage's modules but the last, each as one
+  # nn.scan (compile time, memory; False: the official per-keypoint / per-module trees).
+  options.update(scan_branches=True, scan_modules=True)
   if arg.smoke:
     # One 4-branch HRNet stage and one regression branch (Table 1's c = m form) with one
     # AdaptBlock: every kind of layer, a short compile.

@@ -43,6 +43,7 @@ from jaxpose import weights
 from jaxpose.errors import UserError
 from jaxpose.models import dekr_torch_import
 from jaxpose.models import hourglass_torch_import
+from jaxpose.models import hrnet
 from jaxpose.models import hrnet_torch_import
 from jaxpose.models import hsr_msnet
 from jaxpose.models import res2net_torch_import
@@ -142,9 +143,12 @@ def load(state_dict_path: str, model_name: str, *, model: nn.Module, backbone_on
   state_dict = weights.read_state_dict(state_dict_path)
   try:
     if backbone_only:
-      return weights.convert(state_dict, model, family.torch_key, family.kernel_axes,
-                             input_hw=family.input_hw, select=family.in_backbone,
-                             drop=family.classifier_keys.fullmatch)
+      # Through the unrolled layout, which has the checkpoint's per-module keys.
+      unrolled = model.clone(scan_modules=False) if getattr(model, "scan_modules", False) else model
+      loaded = weights.convert(state_dict, unrolled, family.torch_key, family.kernel_axes,
+                               input_hw=family.input_hw, select=family.in_backbone,
+                               drop=family.classifier_keys.fullmatch)
+      return hrnet.backbone_scanned_layout(loaded, model)
     return family.convert(state_dict, model)
   except ValueError as error:
     what = "loading the backbone only" if backbone_only else "loading a whole checkpoint"

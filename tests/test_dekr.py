@@ -161,13 +161,23 @@ class OfficialParityTest(chex.TestCase):
     _assert_close_to_scale(offsets, self.fixture["offsets_dilated_nhwc"], "offsets")
 
   def test_train_mode_outputs_match_official(self):
-    # Train mode normalises with the batch's (biased) statistics in both frameworks.
-    apply = functools.partial(self.model.apply, train=True, mutable=["batch_stats"])
-    ((heatmaps, offsets), _), updates = _fast_compile_jit(apply)(
-        self.variables, self.fixture["images_nhwc"])
-    _assert_close_to_scale(heatmaps, self.fixture["heatmaps_train_nhwc"], "heatmaps")
-    _assert_close_to_scale(offsets, self.fixture["offsets_train_nhwc"], "offsets")
-    chex.assert_trees_all_equal_shapes(updates["batch_stats"], self.variables["batch_stats"])
+    # Train mode normalises with the batch's (biased) statistics in both frameworks. Both
+    # parameter layouts: keypoint branches scanned (the default, stacked under
+    # offset_branches/) and unrolled (the official per-keypoint tree).
+    for model in (self.model, self.model.clone(scan_branches=False)):
+      variables = dekr_torch_import.convert(self.state_dict, model)
+      params = variables["params"]
+      self.assertEqual("offset_branches" in params, model.scan_branches)
+      final = (params["offset_branches"]["offset_final"]["kernel"][1] if model.scan_branches
+               else params["offset_final1"]["kernel"])  # keypoint 1's, [O, I, 1, 1] in torch
+      chex.assert_trees_all_equal(final, self.state_dict["offset_final_layer.1.weight"]
+                                  .transpose(2, 3, 1, 0))
+      apply = functools.partial(model.apply, train=True, mutable=["batch_stats"])
+      ((heatmaps, offsets), _), updates = _fast_compile_jit(apply)(
+          variables, self.fixture["images_nhwc"])
+      _assert_close_to_scale(heatmaps, self.fixture["heatmaps_train_nhwc"], "heatmaps")
+      _assert_close_to_scale(offsets, self.fixture["offsets_train_nhwc"], "offsets")
+      chex.assert_trees_all_equal_shapes(updates["batch_stats"], variables["batch_stats"])
 
 
 class TorchImportTest(absltest.TestCase):

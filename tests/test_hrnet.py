@@ -14,6 +14,7 @@ script imports the official code, so it is kept outside the repo.
 """
 
 import functools
+import re
 from pathlib import Path
 
 import chex
@@ -144,6 +145,38 @@ class OfficialParityTest(chex.TestCase):
     apply = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))
     (heatmaps, _), _ = apply(variables, self.fixture["images_nhwc"])
     _assert_close_to_scale(heatmaps, self.fixture["heatmaps_train_nhwc"])
+
+  def test_scanned_modules_import_and_match_unrolled(self):
+    # The fixture has two modules per stage, too few to scan. A third module in stages 3 and
+    # 4 makes three, of which `scan_modules` stacks the first two (stage{s}_modules/), the
+    # last keeping its own name, as the official keys: stage 3's copies module 1; stage 4's
+    # last module fuses into branch 0 only, so module 0 is copied to 1 and 1 moves to 2.
+    state_dict = dict(self.state_dict)
+    copies = {("3", "1"): "2", ("4", "1"): "2", ("4", "0"): "1"}
+    for key, value in self.state_dict.items():
+      if (match := re.fullmatch(r"stage(\d)\.(\d)\.(.*)", key)) and match.group(1, 2) in copies:
+        state_dict[f"stage{match[1]}.{copies[match.group(1, 2)]}.{match[3]}"] = value
+    model = hrnet_torch_import.infer_model(state_dict)
+    self.assertEqual((tuple(model.stages), model.scan_modules), (((1, 2, 2), (3, 3, 1), (3, 4, 1)),
+                                                                  True))
+    unrolled_model = model.clone(scan_modules=False)
+    scanned = hrnet_torch_import.hrnet_from_torch(state_dict, model)
+    unrolled = hrnet_torch_import.hrnet_from_torch(state_dict, unrolled_model)
+    backbone = scanned["params"]["backbone"]
+    self.assertNotIn("stage4_module1", backbone)
+    chex.assert_trees_all_equal(  # module 1 of stage 4 is row 1 of the stack, from stage4.1.*
+        backbone["stage4_modules"]["stage4_module"]["fuse3_from0_down2"]["conv"]["kernel"][1],
+        state_dict["stage4.1.fuse_layers.3.0.2.0.weight"].transpose(2, 3, 1, 0))
+    outputs = []
+    for net, variables in ((model, scanned), (unrolled_model, unrolled)):
+      apply = jax.jit(functools.partial(net.apply, train=True, mutable=["batch_stats"]))
+      (heatmaps, _), updates = apply(variables, self.fixture["images_nhwc"])
+      outputs.append((heatmaps, updates["batch_stats"]))
+    (scanned_heatmaps, scanned_stats), (unrolled_heatmaps, unrolled_stats) = outputs
+    _assert_close_to_scale(scanned_heatmaps, np.asarray(unrolled_heatmaps))
+    chex.assert_trees_all_close(
+        scanned_stats, hrnet.backbone_scanned_layout({"s": unrolled_stats}, model)["s"],
+        atol=1e-5, rtol=1e-5)
 
   def test_dekr_concat_matches_official(self):
     model = hrnet_torch_import.infer_model(self.state_dict)

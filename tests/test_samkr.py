@@ -191,11 +191,18 @@ class SAMKRTest(chex.TestCase, parameterized.TestCase):
     self.assertEqual((heatmaps.dtype, offsets.dtype), (jnp.float32, jnp.float32))
     self.assertEqual({leaf.dtype for leaf in jax.tree.leaves(variables)}, {jnp.dtype("float32")})
     params = variables["params"]
-    branches = 1 if model.single_branch else 3
-    self.assertLen([name for name in params if name.startswith("offset_attention")], branches)
     groups, channels = model.num_subspaces, model.offset_channels_per_keypoint
-    chex.assert_shape(params["offset_attention0"]["point_kernel"], (groups, channels // groups))
-    chex.assert_shape(params["offset_final0"]["kernel"], (1, 1, channels, 6 // branches))
+    if model.single_branch:  # one branch: nothing to scan, the unrolled names
+      self.assertNotIn("offset_branches", params)
+      stacked, outputs = (), 6
+      attention, final = params["offset_attention0"], params["offset_final0"]
+    else:  # 3 branches, stacked on a leading axis
+      self.assertEqual([name for name in params if name.startswith("offset_attention")], [])
+      stacked, outputs = (3,), 2
+      attention, final = (params["offset_branches"][name] for name in ("offset_attention",
+                                                                        "offset_final"))
+    chex.assert_shape(attention["point_kernel"], stacked + (groups, channels // groups))
+    chex.assert_shape(final["kernel"], stacked + (1, 1, channels, outputs))
 
   def test_variants_are_the_paper_tables(self):
     # (g, c, s) of Table 1 rows 2-4 and Table 2 (12_SAMKR_24 with g = 12, see VARIANTS);

@@ -4,7 +4,9 @@ Keys are those of `PoseHigherResolutionNet.state_dict()` in HRNet/DEKR @7a30313
 (`lib/models/hrnet_dekr.py`, e.g. the released `pose_dekr_hrnetw32_coco.pth`). The backbone
 keys are pose_hrnet's (stem, `layer1`, `transition{1,2,3}`, `stage{2,3,4}.{m}.branches` /
 `fuse_layers`, at the top level), so backbone paths go through `hrnet_torch_import.torch_key`;
-head paths through the table below (see the `dekr.py` docstring). `weights.convert` reports
+head paths through the table below (see the `dekr.py` docstring), in the unrolled layout
+(`scan_branches=False`, `scan_modules=False`: one entry per keypoint and per HR module);
+`convert` stacks them as the model scans them (`dekr.scanned_layout`). `weights.convert` reports
 missing, extra and mis-shaped keys together.
 
 Tensors: conv and deformable-conv `weight` [O, I, kh, kw] -> `kernel` [kh, kw, I, O]; BN as
@@ -131,8 +133,9 @@ def convert(state_dict: Mapping[str, Any], model: dekr.DEKR | None = None) -> di
   grid_errors = _grid_errors(state_dict)
   kept = {key: value for key, value in state_dict.items() if not key.endswith(_GRID_SUFFIX)}
   model = model or infer_model(state_dict)
-  try:
-    variables = weights.convert(kept, model, torch_key, kernel_axes)
+  try:  # through the unrolled layout, which has the official per-keypoint names
+    variables = weights.convert(kept, model.clone(scan_branches=False, scan_modules=False),
+                                torch_key, kernel_axes)
   except ValueError as error:
     if not grid_errors:
       raise
@@ -140,4 +143,4 @@ def convert(state_dict: Mapping[str, Any], model: dekr.DEKR | None = None) -> di
   if grid_errors:
     raise ValueError(f"state_dict does not match {type(model).__name__}:\n"
                      "  regular_matrix buffers: " + "; ".join(grid_errors))
-  return variables
+  return dekr.scanned_layout(variables, model)

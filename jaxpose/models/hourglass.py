@@ -152,16 +152,6 @@ STACK_NAMES = ("hourglass{}", "features{}_residual", "features{}_conv", "outs{}"
                "merge_preds{}", "merge_features{}")
 
 
-class _ScannedStack(nn.Module):
-  """`stack_fn` as a module, for `nn.scan`: (x, _) -> (the next stack's input, heatmaps)."""
-  stack_fn: Callable[..., Any]
-
-  @nn.compact
-  def __call__(self, x: jax.Array, _: Any = None) -> tuple[jax.Array, jax.Array]:
-    x, heatmaps, _ = self.stack_fn(x, suffix="", merge=True)
-    return x, heatmaps
-
-
 def run_stacks(stack_fn: Callable[..., Any], x: jax.Array, num_stacks: int, scan: bool
                ) -> tuple[list[jax.Array], Any]:
   """Runs the stacks of an hourglass network from the stem's output `x`; returns (each
@@ -177,9 +167,8 @@ def run_stacks(stack_fn: Callable[..., Any], x: jax.Array, num_stacks: int, scan
   """
   merging = num_stacks - 1
   if scan and merging:
-    scanned = nn.scan(_ScannedStack, variable_axes={"params": 0, "batch_stats": 0},
-                      split_rngs={"params": True}, length=merging)
-    x, stacked = scanned(stack_fn, name="stacks")(x, None)
+    merge = lambda x, _: stack_fn(x, suffix="", merge=True)[:2]
+    x, stacked = layers.scan_repeated(merge, x, None, merging, "stacks")
     stack_heatmaps = list(stacked)
   else:
     stack_heatmaps = []
@@ -194,14 +183,7 @@ def scanned_layout(tree: dict[str, Any], num_stacks: int) -> dict[str, Any]:
   """One variable collection of a stacked network (params or batch_stats of the module that
   called `run_stacks`) from the unrolled layout (stack s under `hourglass{s}`, `outs{s}`,
   ...) to the scanned one (stacks 0 .. S-2 under `stacks/`, each leaf stacked on axis 0)."""
-  merging = [{name.format(""): tree[name.format(s)] for name in STACK_NAMES
-              if name.format(s) in tree} for s in range(num_stacks - 1)]
-  if not merging:
-    return dict(tree)
-  taken = {name.format(s) for name in STACK_NAMES for s in range(num_stacks - 1)}
-  out = {name: value for name, value in tree.items() if name not in taken}
-  out["stacks"] = jax.tree.map(lambda *leaves: np.stack(leaves), *merging)
-  return out
+  return layers.stacked_layout(tree, STACK_NAMES, num_stacks - 1, "stacks")
 
 
 class StackedHourglass(nn.Module):

@@ -30,6 +30,12 @@ Layer names follow the official PyTorch module paths so that checkpoint conversi
   backbone/stage{s}_module{m}/fuse{i}_from{j}_down{k}  stage{s}.{m}.fuse_layers.{i}.{j}.{k}
   ConvBN children conv, bn              Sequential indices 0, 1
   final_layer                           final_layer
+
+That is the unrolled tree (`scan_modules=False`). By default a stage of three or more modules
+runs all but its last as one `nn.scan` (`scanned_modules`), their variables stacked on a
+leading axis under `stage{s}_modules/stage{s}_module/...` (row m = module m); the last module
+keeps its name. `scanned_layout` maps the unrolled tree onto that; the importer converts
+through the unrolled one.
 """
 
 import functools
@@ -220,6 +226,9 @@ class HRNetBackbone(nn.Module):
   stages: Sequence[StageSpec] = OFFICIAL_STAGES
   multi_scale_output: bool = True
   remat: bool = False  # recompute each layer1 block and HR module in the backward pass
+  # A stage's modules but the last as one nn.scan (`scanned_modules`): a third less memory
+  # for HRNet-W32's CPU train step (BUILD_NOTES).
+  scan_modules: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -247,13 +256,47 @@ class HRNetBackbone(nn.Module):
       channels = tuple(self.width * 2**b for b in range(spec.num_branches))
       features = Transition(channels, dtype=self.dtype,
                             name=f"transition{s + 1}")(features, train=train)
-      for m in range(spec.num_modules):
+      scanned = scanned_modules(spec.num_modules) if self.scan_modules else 0
+      if scanned:
+        name = f"stage{s + 2}_module"
+        def body(carry, _, num_blocks=spec.num_blocks, name=name):
+          module = HighResolutionModule(num_blocks, dtype=self.dtype, name=name)
+          return tuple(layers.apply_block(module, list(carry), train=train, remat=self.remat)), None
+        carry, _ = layers.scan_repeated(body, tuple(features), None, scanned, name + "s")
+        features = list(carry)
+      for m in range(scanned, spec.num_modules):
         is_last_module = s == len(stages) - 1 and m == spec.num_modules - 1
         module = HighResolutionModule(
             spec.num_blocks, multi_scale_output=self.multi_scale_output or not is_last_module,
             dtype=self.dtype, name=f"stage{s + 2}_module{m}")
         features = layers.apply_block(module, features, train=train, remat=self.remat)
     return features
+
+
+def scanned_modules(num_modules: int) -> int:
+  """How many of a stage's modules `scan_modules` runs as one scan: all but the last (which
+  may differ: pose HRNet's last module fuses into branch 0 only), if that is two or more."""
+  return num_modules - 1 if num_modules >= 3 else 0
+
+
+def scanned_layout(tree: dict[str, Any], stages: Sequence[StageSpec]) -> dict[str, Any]:
+  """One variable collection of an `HRNetBackbone` from the unrolled layout (module m of
+  stage s under `stage{s}_module{m}`) to `scan_modules`' (the scanned modules of stage s
+  under `stage{s}_modules/stage{s}_module`, each leaf stacked on axis 0)."""
+  for s, spec in enumerate(StageSpec(*spec) for spec in stages):
+    name = f"stage{s + 2}_module"
+    count = scanned_modules(spec.num_modules)
+    tree = layers.stacked_layout(tree, (name + "{}",), count, name + "s")
+  return tree
+
+
+def backbone_scanned_layout(variables: dict[str, Any], model: Any) -> dict[str, Any]:
+  """Variables of a network with an HRNet `backbone` (HRNet, DEKR, SAMKR), the backbone in
+  the unrolled layout -> `model`'s (`scanned_layout` if it has `scan_modules`)."""
+  if not getattr(model, "scan_modules", False):
+    return variables
+  return {collection: {**tree, "backbone": scanned_layout(tree["backbone"], model.stages)}
+          if "backbone" in tree else tree for collection, tree in variables.items()}
 
 
 def concat_branches(features: Sequence[jax.Array]) -> jax.Array:
@@ -281,12 +324,14 @@ class HRNet(nn.Module):
   num_keypoints: int
   stages: Sequence[StageSpec] = OFFICIAL_STAGES
   remat: bool = False  # the backbone's blocks and modules recomputed in the backward pass
+  scan_modules: bool = True  # HRNetBackbone's: a stage's modules but the last as one scan
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
     backbone = HRNetBackbone(self.width, self.stages, multi_scale_output=False,
-                             remat=self.remat, dtype=self.dtype, name="backbone")
+                             remat=self.remat, scan_modules=self.scan_modules, dtype=self.dtype,
+                             name="backbone")
     features = backbone(images, train=train)
     heatmaps = layers.Conv2d(self.num_keypoints, 1, use_bias=True, kernel_init=_conv_init,
                              dtype=self.dtype, name="final_layer")(features[0])

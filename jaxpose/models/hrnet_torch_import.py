@@ -74,6 +74,13 @@ def hrnet_from_torch(state_dict: Mapping[str, Any],
   model: the module the variables are for; default `infer_model(state_dict)`. Pass an
     `HRNetBackbone(width, multi_scale_output=True)` to load the backbone of a checkpoint
     whose stage-4 fuses into every branch (HigherHRNet/DEKR); head keys are then extra.
-  Raises ValueError listing every missing, extra and mis-shaped torch key.
+  Raises ValueError listing every missing, extra and mis-shaped torch key. Converts through
+  the unrolled layout (the official per-module keys), then stacks the scanned modules of a
+  model with `scan_modules` (`hrnet.scanned_layout`).
   """
-  return weights.convert(state_dict, model or infer_model(state_dict), torch_key, kernel_axes)
+  model = model or infer_model(state_dict)
+  variables = weights.convert(state_dict, model.clone(scan_modules=False), torch_key, kernel_axes)
+  if isinstance(model, hrnet.HRNetBackbone):
+    return {collection: hrnet.scanned_layout(tree, model.stages) if model.scan_modules else tree
+            for collection, tree in variables.items()}
+  return hrnet.backbone_scanned_layout(variables, model)

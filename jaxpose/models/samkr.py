@@ -33,7 +33,8 @@ every nn.Conv2d of the network, so it would reach the SAM's too): conv weights N
 biases 0, BN 1 / 0, so every attention map starts almost uniform.
 
 Layer names: DEKR's (`dekr.py` docstring; `dekr_torch_import` maps them) plus one
-`offset_attention{j}` per branch. Its parameters stack ULSAM's g `SubSpace`s (a depthwise
+`offset_attention{j}` per branch (`offset_branches/offset_attention`, stacked, with DEKR's
+default `scan_branches`). Its parameters stack ULSAM's g `SubSpace`s (a depthwise
 1x1 conv is a per-channel scale: stored and applied as one, not as a grouped conv; the g
 per-subspace BNs are one BN over the channels, since BN is per channel). Keys of the
 composed torch model (official DEKR with ULSAM appended to each `offset_feature_layers[j]`
@@ -133,23 +134,23 @@ class SAMKR(dekr.DEKR):
   def offset_head(self, features: jax.Array, *, train: bool) -> jax.Array:
     """Eqs. 1-9: F^x [B, h, w, C] -> offsets [B, h, w, 2K] in the compute dtype."""
     branches = 1 if self.single_branch else self.num_keypoints
-    channels = self.offset_channels_per_keypoint
-    x = layers.conv2d(branches * channels, 1, kernel_init=_conv_init, dtype=self.dtype,
-                      name="transition_offset_conv")(features)
+    x = layers.conv2d(branches * self.offset_channels_per_keypoint, 1, kernel_init=_conv_init,
+                      dtype=self.dtype, name="transition_offset_conv")(features)
     x = nn.relu(layers.batch_norm(train, self.dtype, "transition_offset_bn")(x))
-    offsets = []
-    for j in range(branches):
-      y = x[..., j * channels:(j + 1) * channels]  # Eq. 1
-      for n in range(self.offset_blocks):  # Eqs. 2, 7, 8
-        block = dekr.AdaptBlock(self.offset_dilation, self.dtype,
-                                name=f"offset_feature{j}_block{n}")
-        y = layers.apply_block(block, y, train=train, remat=self.remat)
-      attention = SubspaceAttention(self.num_subspaces, self.dtype, name=f"offset_attention{j}")
-      y = layers.apply_block(attention, y, train=train, remat=self.remat)  # Eqs. 3-5, 9
-      offsets.append(layers.conv2d(2 * self.num_keypoints // branches, self.final_conv_kernel,
-                                   use_bias=True, kernel_init=_conv_init, dtype=self.dtype,
-                                   name=f"offset_final{j}")(y))
-    return jnp.concatenate(offsets, axis=-1)  # Eq. 6
+    return self.run_branches(x, branches, train=train)  # Eq. 1 (chunks), Eq. 6 (concatenation)
+
+  @nn.nowrap
+  def offset_branch(self, x: jax.Array, suffix: str, *, train: bool) -> jax.Array:
+    """One regression branch (`dekr.DEKR.offset_branch`'s contract), Eqs. 2-5, 7-9."""
+    for n in range(self.offset_blocks):  # Eqs. 2, 7, 8
+      block = dekr.AdaptBlock(self.offset_dilation, self.dtype,
+                              name=f"offset_feature{suffix}_block{n}")
+      x = layers.apply_block(block, x, train=train, remat=self.remat)
+    attention = SubspaceAttention(self.num_subspaces, self.dtype, name=f"offset_attention{suffix}")
+    x = layers.apply_block(attention, x, train=train, remat=self.remat)  # Eqs. 3-5, 9
+    outputs = 2 * self.num_keypoints // (1 if self.single_branch else self.num_keypoints)
+    return layers.conv2d(outputs, self.final_conv_kernel, use_bias=True, kernel_init=_conv_init,
+                         dtype=self.dtype, name=f"offset_final{suffix}")(x)
 
 
 # Every row of Tables 1 and 2 (g subspaces, c channels per branch; s = c / g). Table 2's
@@ -224,6 +225,8 @@ def convert_torch(state_dict: Mapping[str, Any], model: SAMKR) -> dict[str, Any]
   ulsam = re.compile(rf"offset_feature_layers\.\d+\.{model.offset_blocks}\.subspaces\..*")
   dekr_fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(dekr.DEKR)
                  if f.init and f.name not in ("parent", "name")}
+  # The official per-keypoint and per-module keys; stacked at the end.
+  dekr_fields.update(scan_branches=False, scan_modules=False)
   variables = dekr_torch_import.convert(
       {key: value for key, value in state_dict.items() if not ulsam.fullmatch(key)},
       dekr.DEKR(**dekr_fields))
@@ -236,4 +239,4 @@ def convert_torch(state_dict: Mapping[str, Any], model: SAMKR) -> dict[str, Any]
                        f"{expected[1]}")
     for collection, tree in sam.items():
       variables[collection][f"offset_attention{j}"] = tree
-  return variables
+  return dekr.scanned_layout(variables, model)
