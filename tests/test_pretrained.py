@@ -12,8 +12,10 @@ model's shapes (no init compile): the loader must pass them through untouched.
 """
 
 import functools
+import re
 from pathlib import Path
 
+import chex
 import flax
 import jax
 import jax.numpy as jnp
@@ -204,6 +206,31 @@ def test_hrnet_imagenet_checkpoint_fills_hrnet_and_dekr_backbones(tmp_path):
   assert _assert_subtree_from(loaded, state_dict, hrnet_torch_import.torch_key,
                               _under_backbone) == len(used)
   _assert_outside_untouched(loaded, fresh, _under_backbone)
+
+
+def test_hrnet_imagenet_checkpoint_fills_scanned_stage_modules(tmp_path):
+  # Three modules in stages 3 and 4 (module 1's weights copied to module 2): `scan_modules`
+  # stacks the first two of each under stage{s}_modules/. The scanned load must be the
+  # unrolled load, stacked, for pose HRNet (last module fuses into branch 0) and DEKR.
+  state_dict = _cls_hrnet_imagenet()
+  for key, value in list(state_dict.items()):
+    if match := re.fullmatch(r"stage([34])\.1\.(.*)", key):
+      state_dict[f"stage{match[1]}.2.{match[2]}"] = value
+  path = tmp_path / "hrnet_w6_imagenet_3_modules.npz"
+  np.savez(path, **state_dict)
+  stages = (hrnet.StageSpec(1, 2, 2), hrnet.StageSpec(3, 3, 1), hrnet.StageSpec(3, 4, 1))
+  for name, model in (("hrnet_w32", hrnet.HRNet(width=6, num_keypoints=5, stages=stages)),
+                      ("dekr_w32", dekr.DEKR(width=6, heatmap_channels=8, num_keypoints=2,
+                                             stages=stages, offset_channels_per_keypoint=4))):
+    loaded = pretrained.load_into(_fresh_variables(model), str(path), name, model=model,
+                                  backbone_only=True)
+    unrolled = pretrained.load(str(path), name, model=model.clone(scan_modules=False),
+                               backbone_only=True)
+    backbone = hrnet.backbone_scanned_layout(unrolled, model)
+    assert set(loaded["params"]["backbone"]) == set(backbone["params"]["backbone"])
+    assert "stage3_modules" in backbone["params"]["backbone"], name
+    chex.assert_trees_all_equal({c: loaded[c]["backbone"] for c in loaded},
+                                {c: backbone[c]["backbone"] for c in backbone})
 
 
 def test_backbone_of_another_width_is_named(tmp_path):
