@@ -45,6 +45,7 @@ from jaxpose.models import dekr_torch_import
 from jaxpose.models import hourglass_torch_import
 from jaxpose.models import hrnet
 from jaxpose.models import hrnet_torch_import
+from jaxpose.models import layers
 from jaxpose.models import hsr_msnet
 from jaxpose.models import res2net_torch_import
 from jaxpose.models import samkr
@@ -144,9 +145,9 @@ def load(state_dict_path: str, model_name: str, *, model: nn.Module, backbone_on
   try:
     if backbone_only:
       # Through the unrolled layout, which has the checkpoint's per-module keys.
-      unrolled = model.clone(scan_modules=False) if getattr(model, "scan_modules", False) else model
-      loaded = weights.convert(state_dict, unrolled, family.torch_key, family.kernel_axes,
-                               input_hw=family.input_hw, select=family.in_backbone,
+      loaded = weights.convert(state_dict, layers.unrolled(model), family.torch_key,
+                               family.kernel_axes, input_hw=family.input_hw,
+                               select=family.in_backbone,
                                drop=family.classifier_keys.fullmatch)
       return hrnet.backbone_scanned_layout(loaded, model)
     return family.convert(state_dict, model)

@@ -29,6 +29,7 @@ from jaxpose import weights
 from jaxpose.models import dekr
 from jaxpose.models import hrnet
 from jaxpose.models import hrnet_torch_import
+from jaxpose.models import layers
 
 # Flax path component of a head layer -> torch key fragment, first full match wins.
 _HEAD_RULES = (
@@ -134,8 +135,7 @@ def convert(state_dict: Mapping[str, Any], model: dekr.DEKR | None = None) -> di
   kept = {key: value for key, value in state_dict.items() if not key.endswith(_GRID_SUFFIX)}
   model = model or infer_model(state_dict)
   try:  # through the unrolled layout, which has the official per-keypoint names
-    variables = weights.convert(kept, model.clone(scan_branches=False, scan_modules=False),
-                                torch_key, kernel_axes)
+    variables = weights.convert(kept, layers.unrolled(model), torch_key, kernel_axes)
   except ValueError as error:
     if not grid_errors:
       raise

@@ -53,11 +53,11 @@ def materialize(x: jax.Array, witness: jax.Array) -> jax.Array:
   pay: HRNet's blocks and modules, the hourglass's residuals, SADI-Net's RFMs and the input
   of every weight gradient (`conv2d`'s backward); not ResNet's block outputs, whose short
   chains over wide maps ran 15% slower fenced. A `lax.cond` is a boundary fusion cannot
-  cross; its predicate must be a runtime value, or XLA folds the branch away: `witness` is any scalar the step reads anyway (a parameter of the block:
-  replicated, so no device talks to another). Both branches return `x` bit for bit,
-  `witness` NaN or not (the second is written `x * 1` so that XLA does not merge two
-  identical branches before fusing). `optimization_barrier` does not work here: the CPU
-  pipeline drops it before fusion.
+  cross; its predicate must be a runtime value, or XLA folds the branch away: `witness` is
+  any scalar the step reads anyway (a parameter of the block: replicated, so no device talks
+  to another). Both branches return `x` bit for bit, `witness` NaN or not (the second is
+  written `x * 1` so that XLA does not merge two identical branches before fusing).
+  `optimization_barrier` does not work here: the CPU pipeline drops it before fusion.
   """
   def through_cond(x, witness):
     return jax.lax.cond(witness == witness, lambda v: v, lambda v: v * 1, x)

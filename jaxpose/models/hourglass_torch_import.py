@@ -29,6 +29,7 @@ import numpy as np
 
 from jaxpose import weights
 from jaxpose.models import hourglass
+from jaxpose.models import layers
 
 # Flax path component -> torch key fragment, first full match wins. See the table in the
 # `jaxpose/models/hourglass.py` docstring.
@@ -107,9 +108,9 @@ def convert(state_dict: Mapping[str, Any],
   model = model or infer_model(state_dict)
   # The torch keys name each stack (`hgs.{s}`), as the unrolled layout does; a model with
   # scanned stacks gets the same variables stacked (`hourglass.scanned_layout`).
-  unrolled = model.clone(scan_stacks=False)
   # Four poolings after the stride-4 stem: 64x64 is the smallest input the model takes.
-  variables = weights.convert(used, unrolled, torch_key, kernel_axes, input_hw=(64, 64))
+  variables = weights.convert(used, layers.unrolled(model), torch_key, kernel_axes,
+                              input_hw=(64, 64))
   if not model.scan_stacks:
     return variables
   return {collection: hourglass.scanned_layout(tree, model.num_stacks)

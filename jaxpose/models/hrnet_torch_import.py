@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxpose import weights
 from jaxpose.models import hrnet
+from jaxpose.models import layers
 
 # Flax path component -> torch key fragment, first full match wins. See the table in the
 # `jaxpose/models/hrnet.py` docstring.
@@ -79,7 +80,7 @@ def hrnet_from_torch(state_dict: Mapping[str, Any],
   model with `scan_modules` (`hrnet.scanned_layout`).
   """
   model = model or infer_model(state_dict)
-  variables = weights.convert(state_dict, model.clone(scan_modules=False), torch_key, kernel_axes)
+  variables = weights.convert(state_dict, layers.unrolled(model), torch_key, kernel_axes)
   if isinstance(model, hrnet.HRNetBackbone):
     return {collection: hrnet.scanned_layout(tree, model.stages) if model.scan_modules else tree
             for collection, tree in variables.items()}

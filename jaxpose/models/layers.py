@@ -109,6 +109,19 @@ def scan_repeated(body: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: A
   return scanned(body, name=name)(carry, xs)
 
 
+# The fields by which a model turns `scan_repeated` on (hourglass stacks, DEKR/SAMKR keypoint
+# branches, HRNet stage modules).
+SCAN_SWITCHES = ("scan_stacks", "scan_branches", "scan_modules")
+
+
+def unrolled(module: nn.Module) -> nn.Module:
+  """`module` with every scan switch it has turned off: the same function and parameters in
+  the unrolled layout, whose names are the official per-block ones (what the importers and
+  `tools.summary` read)."""
+  switches = {field: False for field in SCAN_SWITCHES if getattr(module, field, False)}
+  return module.clone(**switches) if switches else module
+
+
 def stacked_layout(tree: dict[str, Any], names: Sequence[str], count: int, scope: str
                    ) -> dict[str, Any]:
   """One variable collection from the unrolled layout to `scan_repeated`'s.

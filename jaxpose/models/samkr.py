@@ -225,11 +225,9 @@ def convert_torch(state_dict: Mapping[str, Any], model: SAMKR) -> dict[str, Any]
   ulsam = re.compile(rf"offset_feature_layers\.\d+\.{model.offset_blocks}\.subspaces\..*")
   dekr_fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(dekr.DEKR)
                  if f.init and f.name not in ("parent", "name")}
-  # The official per-keypoint and per-module keys; stacked at the end.
-  dekr_fields.update(scan_branches=False, scan_modules=False)
-  variables = dekr_torch_import.convert(
+  variables = dekr_torch_import.convert(  # official per-keypoint keys; stacked at the end
       {key: value for key, value in state_dict.items() if not ulsam.fullmatch(key)},
-      dekr.DEKR(**dekr_fields))
+      layers.unrolled(dekr.DEKR(**dekr_fields)))
   expected = (model.num_subspaces, model.offset_channels_per_keypoint // model.num_subspaces)
   for j in range(model.num_keypoints):
     sam = sam_variables_from_torch(state_dict, f"offset_feature_layers.{j}.{model.offset_blocks}.")

@@ -70,6 +70,7 @@ from jax.extend import core
 from jaxpose import cli as cli_lib
 from jaxpose import models
 from jaxpose.macs import eqns_macs, jaxpr_macs
+from jaxpose.models import layers
 
 _MODEL = flags.DEFINE_string("model", None,
                              "Model preset name (see python -m jaxpose.models --list).")
@@ -147,12 +148,10 @@ def summarize_module(module: Any, height: int, width: int, name: str = "") -> Su
   feed the variables (an initializer with a matmul, data-dependent init) are left out,
   with a note. Raises whatever the module raises for an input it cannot take.
   """
-  if scanning := {field: False for field in ("scan_stacks", "scan_branches", "scan_modules")
-                  if getattr(module, field, False)}:
-    # An `nn.scan` creates its variables and runs its forward in one equation, which the
-    # split below cannot tell apart, and calls its modules once: count the unrolled network
-    # (the same function and parameters, tests/test_sadinet.py, test_bench.py, test_dekr.py).
-    module = module.clone(**scanning)
+  # An `nn.scan` creates its variables and runs its forward in one equation, which the split
+  # below cannot tell apart, and calls its modules once: count the unrolled network (the same
+  # function and parameters, tests/test_sadinet.py, test_bench.py, test_dekr.py).
+  module = layers.unrolled(module)
   images = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
   init = lambda x: module.init_with_output(jax.random.key(0), x, train=False)
   entries: list[int] = []
