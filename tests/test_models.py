@@ -21,6 +21,7 @@ import chex
 import flax
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -126,6 +127,33 @@ class Deconv2xTest(chex.TestCase, parameterized.TestCase):
     out = layers.Deconv2x(4, kernel_size).apply({"params": {"kernel": kernel}},
                                                 fixture[f"{prefix}/x"])
     chex.assert_trees_all_close(out, fixture[f"{prefix}/y"], atol=1e-5, rtol=1e-5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters((4, 1), (3, 1), (2, 0))  # (kernel, official padding)
+  def test_gradients_equal_autodiff_of_the_dilated_convolution(self, kernel_size, padding):
+    # The transposed conv is also a convolution of the 2-dilated input with the flipped
+    # kernel, padded k - 1 - p before and k - 2 + output_padding - p after; lax's autodiff
+    # of that form is the independent reference for the hand-written backward.
+    rng = np.random.default_rng(10 + kernel_size)
+    x = jnp.asarray(rng.standard_normal((2, 5, 7, 3)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((kernel_size, kernel_size, 3, 4)), jnp.float32)
+    weights = jnp.asarray(rng.standard_normal((2, 10, 14, 4)), jnp.float32)
+    _, output_padding = layers.deconv_padding(kernel_size)
+    low, high = kernel_size - 1 - padding, kernel_size - 1 - padding + output_padding
+
+    def dilated(x, kernel):
+      return lax.conv_general_dilated(x, jnp.flip(kernel, (0, 1)), (1, 1), ((low, high),) * 2,
+                                      lhs_dilation=(2, 2),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def deconv(x, kernel):
+      return layers.Deconv2x(4, kernel_size).apply({"params": {"kernel": kernel}}, x)
+
+    loss = lambda conv: lambda x, kernel: jnp.sum(conv(x, kernel) * weights)
+    chex.assert_trees_all_close(deconv(x, kernel), dilated(x, kernel), atol=1e-5)
+    actual = self.variant(jax.grad(loss(deconv), argnums=(0, 1)))(x, kernel)
+    expected = jax.grad(loss(dilated), argnums=(0, 1))(x, kernel)
+    chex.assert_trees_all_close(actual, expected, atol=1e-4, rtol=1e-5)
 
   def test_padding_rules_match_official(self):
     self.assertEqual([layers.deconv_padding(k) for k in (4, 3, 2)], [(1, 0), (1, 1), (0, 0)])

@@ -1,16 +1,18 @@
-"""Convolution and max-pooling with hand-written gradients that avoid XLA CPU's slow paths.
+"""Convolution and max-pooling in the formulations XLA's CPU backend runs fastest.
 
-The forward passes are the ordinary `lax` ops, so values are exactly those of `nn.Conv` /
-`nn.max_pool` (and of PyTorch). Only the backward passes are reformulated:
+Forward values are `nn.Conv`'s / `nn.max_pool`'s (and PyTorch's); a 1x1 convolution runs as
+a matmul, equal to float rounding. Per shape, measured op by op on CPU (BUILD_NOTES,
+performance; jax 0.10 with its YNN kernels):
 
-- conv weight gradient: XLA CPU runs it as a convolution whose "kernel" is the whole
-  output map, 3-5x slower than the forward on pose-sized maps (e.g. 3x3, 64 -> 64 channels
-  on [32, 32, 24, 64]: 510 ms fwd+bwd against 147 ms here). Here it is one matmul of the
-  shifted input views ("patches", [B*Ho*Wo, kh*kw*C]) with the output gradient.
-- conv input gradient: for stride 1, a stride-1 convolution of the output gradient with the
-  flipped kernel (a fast forward conv); for stride > 1, the output gradient times the
-  kernel matrix, scattered back through the transposed slicing (pads, no lhs dilation).
-- the input the weight gradient reads is `materialize`d first (see there and the backward).
+- 1x1 kernels: forward, input and weight gradients are matmuls (1.5-3x faster than XLA's
+  1x1 convolution and its weight-gradient convolution).
+- stride 1, k x k: XLA's own weight-gradient convolution; the input gradient a stride-1
+  convolution of the output gradient with the flipped kernel.
+- strided k x k (the stem, downsampling convs): the weight gradient as one matmul of the
+  shifted input views ("patches", [B*Ho*Wo, kh*kw*C]) with the output gradient (XLA's
+  convolution for it is 1.2-5x slower here); the input gradient is the output gradient times
+  the kernel matrix, scattered back through the transposed slicing (pads, no lhs dilation).
+  The input the patches read is `materialize`d first (see there and the backward).
 - max-pool gradient: XLA's select-and-scatter is slow on CPU (148 ms for 3x3/2 on
   [32, 64, 48, 64]). Here the gradient goes to the first maximum of each window, as
   PyTorch's MaxPool2d does, through one-hot masks of the window taps.
@@ -69,9 +71,18 @@ def materialize(x: jax.Array, witness: jax.Array) -> jax.Array:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding, dilation: int
            ) -> jax.Array:
-  """x [B, H, W, C], kernel [kh, kw, C, O] -> [B, Ho, Wo, O]; `lax.conv_general_dilated`."""
+  """x [B, H, W, C], kernel [kh, kw, C, O] -> [B, Ho, Wo, O]: `lax.conv_general_dilated`'s
+  values, a 1x1 kernel as a matmul (equal to float rounding)."""
+  if _is_pointwise(kernel, padding):
+    # XLA CPU runs a 1x1 convolution 1.5-3x slower than the same matmul (R50's 256 -> 64 at
+    # [8, 64, 48]: 16.3 ms against 5.6 ms; BUILD_NOTES, performance).
+    return jnp.einsum("bhwc,co->bhwo", x[:, ::stride, ::stride, :], kernel[0, 0])
   return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
                                   rhs_dilation=(dilation, dilation), dimension_numbers=_DIMENSIONS)
+
+
+def _is_pointwise(kernel: jax.Array, padding: Padding) -> bool:
+  return kernel.shape[:2] == (1, 1) and all(side == 0 for pair in padding for side in pair)
 
 
 def _conv2d_forward(x, kernel, stride, padding, dilation):
@@ -80,28 +91,40 @@ def _conv2d_forward(x, kernel, stride, padding, dilation):
 
 def _conv2d_backward(stride, padding, dilation, residuals, grad_out):
   x, kernel = residuals
-  # The weight gradient reads x transposed. Unfenced, XLA fuses the whole element-wise chain
-  # that produced x (BatchNorm, ReLU, a stage's residual adds) into that transposing copy and
-  # recomputes it in a cache-hostile order: 70 ms for one [8, 64, 48, 256] ResNet input
-  # against 3 ms for a copy. Fenced, the chain is written once in its own order.
-  # SimpleBaseline-R50's step: 3.10-3.15 s -> 2.60-2.80 s (BUILD_NOTES, performance).
-  x = materialize(x, kernel)
   kh, kw, _, out_channels = kernel.shape
-  views = lambda x: jnp.concatenate(_window_views(x, (kh, kw), stride, padding, dilation, 0.0), -1)
-  patches, views_transpose = jax.vjp(views, x)
-  grad_kernel = jnp.einsum("bhwk,bhwo->ko", patches, grad_out.astype(patches.dtype),
-                           preferred_element_type=jnp.float32).reshape(kernel.shape)
-  if stride == 1:
+  if stride == 1 and kh * kw > 1:
+    # Stride 1: the weight gradient as a convolution over the batch, written out in NHWC
+    # (channels as its batch, the output gradient as its kernel, the dilation as its stride):
+    # XLA CPU's own weight-gradient convolution is the faster one here (3x3, 32 -> 32 channels
+    # on [8, 64, 48]: 6.4 ms against 35.7 ms for the patches below, whose nine-view
+    # concatenation dominated HRNet's step), but only once it is canonicalised to this form,
+    # which XLA does not do inside a loop (a scanned stage): there it ran 100x slower.
+    grad_kernel = lax.conv_general_dilated(
+        x.transpose(3, 1, 2, 0), grad_out.astype(x.dtype).transpose(1, 2, 0, 3),
+        (dilation, dilation), padding, dimension_numbers=_DIMENSIONS).transpose(1, 2, 0, 3)
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
     pads = tuple((dilation * (k - 1) - lo, dilation * (k - 1) - hi)
                  for k, (lo, hi) in zip((kh, kw), padding))
     grad_x = lax.conv_general_dilated(grad_out, flipped.astype(grad_out.dtype), (1, 1), pads,
                                       rhs_dilation=(dilation, dilation),
                                       dimension_numbers=_DIMENSIONS)
-  else:
-    grad_patches = jnp.einsum("bhwo,ko->bhwk", grad_out,
-                              kernel.reshape(-1, out_channels).astype(grad_out.dtype))
-    (grad_x,) = views_transpose(grad_patches.astype(patches.dtype))
+    return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
+  # Strided and 1x1 kernels: the weight gradient as one matmul of the shifted input views
+  # ("patches") with the output gradient. It reads x transposed. Unfenced, XLA fuses the
+  # whole element-wise chain that produced x (BatchNorm, ReLU, a stage's residual adds) into
+  # that transposing copy and recomputes it in a cache-hostile order: 70 ms for one
+  # [8, 64, 48, 256] ResNet input against 3 ms for a copy. Fenced, the chain is written once
+  # in its own order. SimpleBaseline-R50's step: 3.10-3.15 s -> 2.60-2.80 s (BUILD_NOTES).
+  x = materialize(x, kernel)
+  views = lambda x: jnp.concatenate(_window_views(x, (kh, kw), stride, padding, dilation, 0.0), -1)
+  patches, views_transpose = jax.vjp(views, x)
+  grad_kernel = jnp.einsum("bhwk,bhwo->ko", patches, grad_out.astype(patches.dtype),
+                           preferred_element_type=jnp.float32).reshape(kernel.shape)
+  # The input gradient: the output gradient times the kernel matrix, scattered back through
+  # the transposed slicing (pads, no lhs dilation; for a 1x1 kernel a plain matmul).
+  grad_patches = jnp.einsum("bhwo,ko->bhwk", grad_out,
+                            kernel.reshape(-1, out_channels).astype(grad_out.dtype))
+  (grad_x,) = views_transpose(grad_patches.astype(patches.dtype))
   return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
 
 
