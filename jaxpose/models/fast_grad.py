@@ -101,7 +101,8 @@ def _conv2d_backward(stride, padding, dilation, residuals, grad_out):
     # which XLA does not do inside a loop (a scanned stage): there it ran 100x slower.
     grad_kernel = lax.conv_general_dilated(
         x.transpose(3, 1, 2, 0), grad_out.astype(x.dtype).transpose(1, 2, 0, 3),
-        (dilation, dilation), padding, dimension_numbers=_DIMENSIONS).transpose(1, 2, 0, 3)
+        (dilation, dilation), padding, dimension_numbers=_DIMENSIONS,
+        preferred_element_type=jnp.float32).transpose(1, 2, 0, 3)
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
     pads = tuple((dilation * (k - 1) - lo, dilation * (k - 1) - hi)
                  for k, (lo, hi) in zip((kh, kw), padding))

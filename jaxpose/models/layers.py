@@ -267,7 +267,8 @@ def _deconv2x_backward(padding, residuals, grad_out):
   grad_kernel = jax.lax.conv_general_dilated(
       grad_out.astype(x.dtype).transpose(3, 1, 2, 0), x.transpose(1, 2, 0, 3), (1, 1),
       ((padding, k - 2 - padding),) * 2, rhs_dilation=(2, 2),
-      dimension_numbers=("NHWC", "HWIO", "NHWC")).transpose(1, 2, 3, 0)
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      preferred_element_type=jnp.float32).transpose(1, 2, 3, 0)
   return grad_x, grad_kernel.astype(kernel.dtype)
 
 
