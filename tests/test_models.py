@@ -132,7 +132,7 @@ class Deconv2xTest(chex.TestCase, parameterized.TestCase):
   @parameterized.parameters((4, 1), (3, 1), (2, 0))  # (kernel, official padding)
   def test_gradients_equal_autodiff_of_the_dilated_convolution(self, kernel_size, padding):
     # The transposed conv is also a convolution of the 2-dilated input with the flipped
-    # kernel, padded k - 1 - p before and k - 2 + output_padding - p after; lax's autodiff
+    # kernel, padded k - 1 - p before and k - 1 - p + output_padding after; lax's autodiff
     # of that form is the independent reference for the hand-written backward.
     rng = np.random.default_rng(10 + kernel_size)
     x = jnp.asarray(rng.standard_normal((2, 5, 7, 3)), jnp.float32)

@@ -53,7 +53,7 @@ def materialize(x: jax.Array, witness: jax.Array) -> jax.Array:
   35.8 s and step 4.0-4.7 s without this fence, 5.8 s and 2.0 s with it (BUILD_NOTES,
   performance). The price is a copy of `x` each way, so it is used where it was measured to
   pay: HRNet's blocks and modules, the hourglass's residuals, SADI-Net's RFMs and the input
-  of every weight gradient (`conv2d`'s backward); not ResNet's block outputs, whose short
+  of every patches weight gradient (`conv2d`'s backward); not ResNet's block outputs, whose short
   chains over wide maps ran 15% slower fenced. A `lax.cond` is a boundary fusion cannot
   cross; its predicate must be a runtime value, or XLA folds the branch away: `witness` is
   any scalar the step reads anyway (a parameter of the block: replicated, so no device talks
@@ -85,6 +85,25 @@ def _is_pointwise(kernel: jax.Array, padding: Padding) -> bool:
   return kernel.shape[:2] == (1, 1) and all(side == 0 for pair in padding for side in pair)
 
 
+def correlate_over_batch(signal: jax.Array, response: jax.Array, strides: tuple[int, int],
+                         padding: Padding, response_dilation: int) -> jax.Array:
+  """signal [B, H, W, C], response [B, h, w, O] -> out [kh, kw, C, O], with d the dilation:
+  out[i, j, c, o] = sum over b, h, w of padded_signal[b, i * strides[0] + h * d,
+  j * strides[1] + w * d, c] * response[b, h, w, o]. The weight gradient of a convolution
+  (`conv2d`) or of a transposed one (`layers.deconv2x`).
+
+  One convolution written out in NHWC, the channels as its batch and `response` as its
+  kernel, accumulated in float32. XLA computes a weight gradient in another layout
+  (`f01b_i01o->01bf`) and rewrites it to this form before running it, except inside a loop
+  (a scanned stage), where the unrewritten form ran ~100x slower (HRNet's step: 37.2 s).
+  """
+  out = lax.conv_general_dilated(
+      signal.transpose(3, 1, 2, 0), response.astype(signal.dtype).transpose(1, 2, 0, 3),
+      strides, padding, rhs_dilation=(response_dilation, response_dilation),
+      dimension_numbers=_DIMENSIONS, preferred_element_type=jnp.float32)
+  return out.transpose(1, 2, 0, 3)
+
+
 def _conv2d_forward(x, kernel, stride, padding, dilation):
   return conv2d(x, kernel, stride, padding, dilation), (x, kernel)
 
@@ -93,16 +112,10 @@ def _conv2d_backward(stride, padding, dilation, residuals, grad_out):
   x, kernel = residuals
   kh, kw, _, out_channels = kernel.shape
   if stride == 1 and kh * kw > 1:
-    # Stride 1: the weight gradient as a convolution over the batch, written out in NHWC
-    # (channels as its batch, the output gradient as its kernel, the dilation as its stride):
-    # XLA CPU's own weight-gradient convolution is the faster one here (3x3, 32 -> 32 channels
-    # on [8, 64, 48]: 6.4 ms against 35.7 ms for the patches below, whose nine-view
-    # concatenation dominated HRNet's step), but only once it is canonicalised to this form,
-    # which XLA does not do inside a loop (a scanned stage): there it ran 100x slower.
-    grad_kernel = lax.conv_general_dilated(
-        x.transpose(3, 1, 2, 0), grad_out.astype(x.dtype).transpose(1, 2, 0, 3),
-        (dilation, dilation), padding, dimension_numbers=_DIMENSIONS,
-        preferred_element_type=jnp.float32).transpose(1, 2, 0, 3)
+    # Stride 1: XLA's own weight-gradient convolution is the faster one here (3x3, 32 -> 32
+    # channels on [8, 64, 48]: 6.4 ms against 35.7 ms for the patches below, whose nine-view
+    # concatenation dominated HRNet's step).
+    grad_kernel = correlate_over_batch(x, grad_out, (dilation, dilation), padding, 1)
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
     pads = tuple((dilation * (k - 1) - lo, dilation * (k - 1) - hi)
                  for k, (lo, hi) in zip((kh, kw), padding))

@@ -259,16 +259,12 @@ def _deconv2x_backward(padding, residuals, grad_out):
   input_transpose = jax.linear_transpose(lambda x: _deconv2x_phases(x, kernel, padding), x)
   (grad_x,) = input_transpose(grad_out)
   # The weight gradient, kernel[ky, kx, i, o] <- sum over b, h, w of
-  # x[b, h, w, i] * grad_out[b, 2h - p + ky, 2w - p + kx, o], as one convolution in NHWC: the
-  # output gradient (output channels as its batch) under the input as a kernel dilated by 2.
-  # Autodiff of the phases took 85 / 38 / 149 ms for SimpleBaseline-R50's three deconvs at
-  # batch 8, this 42 / 23 / 89 ms (BUILD_NOTES, performance).
+  # x[b, h, w, i] * grad_out[b, 2h - p + ky, 2w - p + kx, o]: the output gradient correlated
+  # with the input dilated by 2. Autodiff of the phases took 85 / 38 / 149 ms for
+  # SimpleBaseline-R50's three deconvs at batch 8, this 42 / 23 / 89 ms (BUILD_NOTES).
   k = kernel.shape[0]
-  grad_kernel = jax.lax.conv_general_dilated(
-      grad_out.astype(x.dtype).transpose(3, 1, 2, 0), x.transpose(1, 2, 0, 3), (1, 1),
-      ((padding, k - 2 - padding),) * 2, rhs_dilation=(2, 2),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      preferred_element_type=jnp.float32).transpose(1, 2, 3, 0)
+  grad_kernel = fast_grad.correlate_over_batch(
+      grad_out, x, (1, 1), ((padding, k - 2 - padding),) * 2, 2).transpose(0, 1, 3, 2)
   return grad_x, grad_kernel.astype(kernel.dtype)
 
 
