@@ -139,8 +139,10 @@ class SANRunTest(chex.TestCase):
     params = {k: v for k, v in self.variables["params"].items() if k != "attention"}
     expected, _ = jax.jit(functools.partial(baseline.apply, train=False))(
         {**self.variables, "params": params}, self.images)
-    # Two separately compiled graphs: equal up to float32 rounding of fused kernels.
-    np.testing.assert_allclose(self.heatmaps, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
+    # Two separately compiled graphs: equal up to float32 rounding of fused kernels, which
+    # reached 1.1e-6 of the largest logit on one machine (Intel Xeon, 2026-12-04); a non-zero
+    # attention term would differ by O(1) of it.
+    np.testing.assert_allclose(self.heatmaps, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
   def test_3d_train_mode_shapes(self):
     # Shapes only (no compile): the 3D path differs from the 2D one by the K * D head and
