@@ -75,6 +75,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # HRNet-W16 with one module per stage (HRNet-W18-small's shape): trains on this CPU.
     options.update(width=16, heatmap_channels=16, stages=((1, 2, 2), (1, 3, 2), (1, 4, 2)))
   c.model = dict(name=f"{'dekr' if arg.baseline else 'samkr'}_{arg.backbone}", dtype="float32",
+                 # True recomputes each HR module and keypoint branch in the backward pass:
+                 # W32 at 512, batch 8, 30.5 -> 10.3 GB of XLA temporaries for 29% more
+                 # FLOPs (BUILD_NOTES, rematerialisation); what fits a 24 GB host.
                  remat=False,
                  options=options, **common.pretrained_init())
 

@@ -5,6 +5,7 @@ BatchNorm statistics, with every rematerialised block fenced for the compiler.""
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
@@ -17,6 +18,7 @@ from jaxpose.models import hourglass
 from jaxpose import models
 from jaxpose.models import hrnet
 from jaxpose.models import hsr_msnet
+from jaxpose.models import layers
 from jaxpose.models import sadinet
 from jaxpose.models import simple_baseline
 
@@ -94,7 +96,8 @@ def test_remat_fences_each_block_for_the_compiler(name):
   # jax.checkpoint hands XLA the recomputation fenced by optimisation barriers, one per
   # rematerialised block call; GPU and TPU compilers keep them (the memory saving). XLA's
   # CPU pipeline expands them before fusion and CSE merges the recomputation back into the
-  # forward, so on CPU the compiled temporaries do not shrink (BUILD_NOTES, Performance).
+  # forward, so on CPU the compiled temporaries of unscanned blocks do not shrink; inside a
+  # scan they do (the next test; BUILD_NOTES, Performance).
   constructor, size = _MODELS[name]
   images = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
   variables = jax.eval_shape(  # shapes only: nothing is compiled or run
@@ -104,6 +107,45 @@ def test_remat_fences_each_block_for_the_compiler(name):
     lowered = _loss_and_grads(model).lower(variables["params"], variables["batch_stats"], images)
     barriers.append(lowered.as_text().count("optimization_barrier"))
   assert barriers[0] == 0 and barriers[1] > 0, barriers
+
+
+class _ConvBlock(nn.Module):
+  """Two conv-BN-ReLU layers: activations that remat need not keep."""
+
+  @nn.compact
+  def __call__(self, x, *, train):
+    for i in range(2):
+      x = layers.conv2d(x.shape[-1], 3, kernel_init=nn.initializers.lecun_normal(),
+                        dtype=jnp.float32, name=f"conv{i}")(x)
+      x = nn.relu(layers.batch_norm(train, jnp.float32, f"bn{i}")(x))
+    return x
+
+
+class _ScannedBlocks(nn.Module):
+  """Six `_ConvBlock`s as one `layers.scan_repeated`, as HRNet's modules and DEKR's branches."""
+  remat: bool
+
+  @nn.compact
+  def __call__(self, x, *, train):
+    def body(carry, _):
+      block = _ConvBlock(name="block")
+      return layers.apply_block(block, carry, train=train, remat=self.remat), None
+    return layers.scan_repeated(body, x, None, 6, "blocks")[0]
+
+
+def test_remat_inside_a_scan_shrinks_the_compiled_temporaries():
+  # The forward and backward scans are two loops, which CPU's CSE cannot merge, so a remat'd
+  # body keeps only its input per step, on CPU too. Measured here: 11.3 MB -> 3.5 MB;
+  # SAMKR-W32 at 512, batch 8: 30.5 -> 10.3 GB (BUILD_NOTES, Performance).
+  images = jnp.ones((4, 32, 32, 16))
+  temporaries = []
+  for remat in (False, True):
+    model = _ScannedBlocks(remat)
+    variables = model.init(jax.random.key(0), images, train=False)
+    compiled = _loss_and_grads(model).lower(
+        variables["params"], variables["batch_stats"], images).compile()
+    temporaries.append(compiled.memory_analysis().temp_size_in_bytes)
+  assert temporaries[1] < 0.5 * temporaries[0], temporaries
 
 
 def test_every_pose_model_has_the_switch():
